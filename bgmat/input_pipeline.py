@@ -1,0 +1,270 @@
+"""Everything between a TFDS data source and a global batch.
+
+TFDS array_record data source -> Grain `MapDataset`: shard by process ->
+shuffle by seed -> repeat -> per-example augmentation (`random_map`, seeded by
+the element index, so results do not depend on the number of workers) ->
+batch -> `IterDataset` (optionally multi-process prefetch). The iterator state
+is checkpointable together with the train state (see `checkpointing.py`).
+
+Training examples (numpy, per process) hold
+  image, fg, bg: (H, W, 3) float32 in [0, 1], image = alpha * fg + (1 - alpha) * bg
+  alpha:         (H, W, 1) float32 in [0, 1]
+  trimap:        (H, W, 1) float32 in {0, 0.5, 1} made from alpha
+  prior:         (H, W, 1) float32, a perturbed ground truth mask standing in for
+                 the pre-segmentation output (only when `config.prior == 'perturbed_gt'`)
+"""
+
+import dataclasses
+import importlib
+from typing import Any, Iterator
+
+import grain
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from bgmat import trimap as trimap_lib
+
+_RGB_KEYS = ('image', 'fg', 'bg')
+
+
+def open_source(dataset: str, split: str, data_dir: str | None):
+  """Random-access TFDS data source for `dataset` ('name/config') and `split`.
+
+  Registered builders (ours live in `data_prep/`) are imported first; any other
+  prepared TFDS directory is read from its files, without its builder code.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  module = 'data_prep.' + dataset.split('/')[0].split(':')[0]
+  try:
+    importlib.import_module(module)
+  except ModuleNotFoundError as e:
+    if e.name != module:
+      raise
+  try:
+    return tfds.data_source(dataset, split=split, data_dir=data_dir)
+  except Exception as e:  # TFDS raises several types for a missing data set.
+    raise FileNotFoundError(
+        f'Cannot open TFDS data set {dataset!r} split {split!r} in data_dir '
+        f'{data_dir!r}: {e}. Build it first, e.g. `python -m data_prep.build '
+        f'{dataset.split("/")[0]} --data_dir {data_dir}`.') from e
+
+
+# ---------------------------------------------------------------------------
+# Per-example transforms (numpy, run in Grain workers).
+# ---------------------------------------------------------------------------
+
+
+def _resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """Bilinear resize of a uint8 (H, W, C) array to size = (height, width)."""
+  if array.shape[:2] == tuple(size):
+    return array
+  channels = [Image.fromarray(array[..., c]).resize((size[1], size[0]), Image.BILINEAR)
+              for c in range(array.shape[-1])]
+  return np.stack([np.asarray(c) for c in channels], axis=-1)
+
+
+def _edge_biased_crop_box(alpha: np.ndarray, side: int, edge_bias: float,
+                          rng: np.random.Generator) -> tuple[int, int]:
+  """Top-left corner of a side x side crop, centred on the alpha edge with
+  probability `edge_bias` (where the matte is fractional), else uniform."""
+  height, width = alpha.shape[:2]
+  center = None
+  if rng.random() < edge_bias:
+    ys, xs = np.nonzero((alpha[..., 0] > 0) & (alpha[..., 0] < 255))
+    if len(ys):
+      k = rng.integers(len(ys))
+      center = (ys[k], xs[k])
+  if center is None:
+    center = (rng.integers(height), rng.integers(width))
+  top = int(np.clip(center[0] - side // 2, 0, height - side))
+  left = int(np.clip(center[1] - side // 2, 0, width - side))
+  return top, left
+
+
+def _random_crop_resize(arrays: dict[str, np.ndarray], alpha: np.ndarray, size: int,
+                        scale: tuple[float, float], edge_bias: float,
+                        rng: np.random.Generator) -> dict[str, np.ndarray]:
+  height, width = alpha.shape[:2]
+  side = max(8, int(round(rng.uniform(*scale) * min(height, width))))
+  side = min(side, height, width)
+  top, left = _edge_biased_crop_box(alpha, side, edge_bias, rng)
+  return {k: _resize(v[top:top + side, left:left + side], (size, size))
+          for k, v in arrays.items()}
+
+
+def _jitter(rgb: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+  """Per-channel affine colour jitter (gain and offset) plus saturation."""
+  if strength <= 0:
+    return rgb
+  gain = 1.0 + rng.uniform(-strength, strength, size=3).astype(np.float32)
+  offset = rng.uniform(-strength / 2, strength / 2, size=3).astype(np.float32)
+  out = rgb * gain + offset
+  gray = out.mean(axis=-1, keepdims=True)
+  saturation = np.float32(1.0 + rng.uniform(-strength, strength))
+  out = gray + saturation * (out - gray)
+  return np.clip(out, 0.0, 1.0)
+
+
+def perturb_mask(alpha: np.ndarray, rng: np.random.Generator,
+                 max_morph: int = 6, max_blur: float = 3.0,
+                 max_holes: int = 3) -> np.ndarray:
+  """A coarse, imperfect foreground probability made from the true alpha.
+
+  Stands in for the pre-segmentation output while training the matting stage
+  on its own: threshold, random erosion or dilation, random holes and blobs,
+  then a blur so the prior is soft like a sigmoid output.
+
+  Args:
+    alpha: (H, W, 1) float32 in [0, 1].
+  Returns:
+    (H, W, 1) float32 in [0, 1].
+  """
+  mask = alpha[..., 0] >= 0.5
+  height, width = mask.shape
+  radius = int(rng.integers(0, max_morph + 1))
+  if radius:
+    op = ndimage.binary_dilation if rng.random() < 0.5 else ndimage.binary_erosion
+    mask = op(mask, iterations=radius)
+  yy, xx = np.mgrid[:height, :width]
+  for _ in range(int(rng.integers(0, max_holes + 1))):
+    cy, cx = rng.integers(height), rng.integers(width)
+    ry, rx = rng.uniform(0.02, 0.08, size=2) * np.array([height, width])
+    blob = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+    mask = mask ^ blob if rng.random() < 0.5 else mask & ~blob
+  prior = mask.astype(np.float32)
+  sigma = rng.uniform(0.0, max_blur)
+  if sigma > 0.3:
+    prior = ndimage.gaussian_filter(prior, sigma)
+  return np.clip(prior, 0.0, 1.0)[..., None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment:
+  """Training transform: crop at the edge, flip, re-composite, jitter."""
+
+  source: Any
+  image_size: int
+  crop_scale: tuple[float, float] = (0.5, 1.0)
+  edge_bias: float = 0.5
+  flip: bool = True
+  recomposite_prob: float = 0.5
+  jitter: float = 0.1
+  trimap_radius: int = 5
+  prior: str = 'none'
+
+  def __call__(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    size = self.image_size
+    parts = _random_crop_resize(
+        {'fg': record['fg'], 'alpha': record['alpha'], 'bg': record['bg']},
+        record['alpha'], size, self.crop_scale, self.edge_bias, rng)
+    if self.recomposite_prob and rng.random() < self.recomposite_prob:
+      # A new background: another example's, from a crop of its own.
+      other = self.source[int(rng.integers(len(self.source)))]['bg']
+      parts['bg'] = _random_crop_resize({'bg': other}, other[..., :1], size,
+                                        self.crop_scale, 0.0, rng)['bg']
+    if self.flip and rng.random() < 0.5:
+      parts = {k: v[:, ::-1] for k, v in parts.items()}
+    if self.flip and rng.random() < 0.5:
+      parts['bg'] = parts['bg'][:, ::-1]
+    alpha_u8 = np.ascontiguousarray(parts['alpha'])
+    alpha = alpha_u8.astype(np.float32) / 255.0
+    fg = _jitter(parts['fg'].astype(np.float32) / 255.0, self.jitter, rng)
+    bg = _jitter(parts['bg'].astype(np.float32) / 255.0, self.jitter, rng)
+    example = {
+        'image': alpha * fg + (1.0 - alpha) * bg,
+        'alpha': alpha,
+        'fg': fg,
+        'bg': bg,
+        'trimap': trimap_lib.trimap_from_alpha(alpha_u8, self.trimap_radius)
+                  .astype(np.float32)[..., None] / 255.0,
+    }
+    if self.prior == 'perturbed_gt':
+      example['prior'] = perturb_mask(alpha, rng)
+    return example
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepare:
+  """Evaluation transform: resize to the working size, no randomness."""
+
+  image_size: int
+  trimap_radius: int = 5
+
+  def __call__(self, record: dict[str, Any]) -> dict[str, np.ndarray]:
+    size = (self.image_size, self.image_size)
+    alpha_u8 = _resize(record['alpha'], size)
+    example = {k: _resize(record[k], size).astype(np.float32) / 255.0 for k in _RGB_KEYS}
+    example['alpha'] = alpha_u8.astype(np.float32) / 255.0
+    example['trimap'] = (trimap_lib.trimap_from_alpha(alpha_u8, self.trimap_radius)
+                         .astype(np.float32)[..., None] / 255.0)
+    example['valid'] = np.float32(1.0)
+    return example
+
+
+# ---------------------------------------------------------------------------
+# Datasets.
+# ---------------------------------------------------------------------------
+
+
+def create_train_dataset(config, *, process_index: int, process_count: int,
+                         per_process_batch: int) -> grain.IterDataset:
+  """Infinite, shuffled, augmented, batched training data of this process."""
+  source = open_source(config.dataset, config.train_split, config.data_dir)
+  dataset = grain.MapDataset.source(source)
+  dataset = dataset[process_index::process_count]
+  dataset = dataset.shuffle(seed=config.seed).repeat()
+  dataset = dataset.random_map(
+      Augment(source=source, image_size=config.image_size,
+              crop_scale=tuple(config.aug.crop_scale), edge_bias=config.aug.edge_bias,
+              flip=config.aug.flip, recomposite_prob=config.aug.recomposite_prob,
+              jitter=config.aug.jitter, trimap_radius=config.trimap_radius,
+              prior=config.get('prior', 'none')),
+      seed=config.seed + 1)
+  dataset = dataset.batch(per_process_batch, drop_remainder=True)
+  iter_dataset = dataset.to_iter_dataset(
+      grain.ReadOptions(num_threads=config.input.num_threads,
+                        prefetch_buffer_size=config.input.prefetch))
+  if config.input.worker_count > 0:
+    iter_dataset = iter_dataset.mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=config.input.worker_count))
+  return iter_dataset
+
+
+def eval_batches(config, split: str, *, process_index: int, process_count: int,
+                 per_process_batch: int, max_examples: int | None = None
+                 ) -> Iterator[dict[str, np.ndarray]]:
+  """Yields this process's padded eval batches over `split`, in order.
+
+  Every process yields the same number of batches (padding with `valid == 0`
+  examples), so jitted steps over global arrays stay in lock-step.
+  """
+  source = open_source(config.dataset, split, config.data_dir)
+  prepare = Prepare(config.image_size, config.trimap_radius)
+  num_examples = len(source) if max_examples is None else min(max_examples, len(source))
+  indices = np.arange(num_examples)[process_index::process_count]
+  global_batch = per_process_batch * process_count
+  num_batches = -(-num_examples // global_batch)
+  for b in range(num_batches):
+    chunk = indices[b * per_process_batch:(b + 1) * per_process_batch]
+    examples = [prepare(source[int(i)]) for i in chunk]
+    names = [_as_str(source[int(i)]['name']) for i in chunk]
+    while len(examples) < per_process_batch:
+      pad = {k: np.zeros_like(v) for k, v in (examples[0] if examples else
+                                              _empty_example(config.image_size)).items()}
+      examples.append(pad)
+      names.append('')
+    batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+    batch['name'] = np.asarray(names)
+    yield batch
+
+
+def _empty_example(size: int) -> dict[str, np.ndarray]:
+  rgb = np.zeros((size, size, 3), np.float32)
+  one = np.zeros((size, size, 1), np.float32)
+  return {'image': rgb, 'fg': rgb, 'bg': rgb, 'alpha': one, 'trimap': one,
+          'valid': np.float32(0.0)}
+
+
+def _as_str(name: Any) -> str:
+  return name.decode('utf-8') if isinstance(name, bytes) else str(name)
