@@ -139,6 +139,12 @@ def perturb_mask(alpha: np.ndarray, rng: np.random.Generator,
   return np.clip(prior, 0.0, 1.0)[..., None]
 
 
+def _trimap01(alpha_u8: np.ndarray, radius: int) -> np.ndarray:
+  """(H, W, 1) float32 trimap in {0, 0.5, 1} from a (H, W, 1) uint8 alpha."""
+  trimap = trimap_lib.trimap_from_alpha(alpha_u8[..., 0], radius)
+  return (trimap.astype(np.float32) / 255.0).round(1)[..., None]
+
+
 @dataclasses.dataclass(frozen=True)
 class Augment:
   """Training transform: crop at the edge, flip, re-composite, jitter."""
@@ -176,8 +182,7 @@ class Augment:
         'alpha': alpha,
         'fg': fg,
         'bg': bg,
-        'trimap': trimap_lib.trimap_from_alpha(alpha_u8, self.trimap_radius)
-                  .astype(np.float32)[..., None] / 255.0,
+        'trimap': _trimap01(alpha_u8, self.trimap_radius),
     }
     if self.prior == 'perturbed_gt':
       example['prior'] = perturb_mask(alpha, rng)
@@ -196,8 +201,7 @@ class Prepare:
     alpha_u8 = _resize(record['alpha'], size)
     example = {k: _resize(record[k], size).astype(np.float32) / 255.0 for k in _RGB_KEYS}
     example['alpha'] = alpha_u8.astype(np.float32) / 255.0
-    example['trimap'] = (trimap_lib.trimap_from_alpha(alpha_u8, self.trimap_radius)
-                         .astype(np.float32)[..., None] / 255.0)
+    example['trimap'] = _trimap01(alpha_u8, self.trimap_radius)
     example['valid'] = np.float32(1.0)
     return example
 

@@ -1,0 +1,58 @@
+"""Defaults shared by the experiment configs in `configs/`.
+
+Configs stay one file per experiment; this only holds the fields every stage
+has, so that a new experiment states just what it changes.
+"""
+
+import ml_collections
+
+
+def base(stage: str) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.stage = stage
+  config.seed = 0
+  config.mesh = [('data', -1)]
+
+  # Data: a TFDS data set, 'name/config' (built by `python -m data_prep.build`).
+  config.dataset = 'synthetic_portraits/demo'
+  config.data_dir = './data'
+  config.train_split = 'train'
+  config.image_size = 128
+  config.trimap_radius = 5
+  config.aug = ml_collections.ConfigDict(dict(
+      crop_scale=(0.5, 1.0), edge_bias=0.5, flip=True, recomposite_prob=0.5, jitter=0.1))
+  config.input = ml_collections.ConfigDict(dict(worker_count=0, num_threads=4, prefetch=8))
+
+  # Optimisation.
+  config.batch_size = 8
+  config.num_train_steps = 1000
+  config.opt = ml_collections.ConfigDict(dict(
+      lr=1e-3, warmup_steps=50, final_lr_ratio=0.01, b1=0.9, b2=0.999,
+      weight_decay=1e-4, grad_clip=1.0))
+
+  # Logging, checkpoints, evaluation.
+  config.log_every = 20
+  config.checkpoint_every = 200
+  config.keep_checkpoints = 3
+  config.async_checkpoints = True
+  config.eval_every = 0  # 0: only at the end.
+  config.eval_metrics = ('sad', 'mse', 'grad', 'conn')
+  config.max_eval_examples = ml_collections.config_dict.placeholder(int)
+  config.eval_test = True
+  config.stop_at_step = ml_collections.config_dict.placeholder(int)
+  return config
+
+
+def tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks everything for tests: a few steps on the `tiny` synthetic set."""
+  config.dataset = 'synthetic_portraits/tiny'
+  config.image_size = 32
+  config.batch_size = 4
+  config.num_train_steps = 4
+  config.log_every = 2
+  config.checkpoint_every = 2
+  config.async_checkpoints = False
+  config.opt.warmup_steps = 1
+  config.max_eval_examples = 4
+  config.eval_metrics = ('sad', 'mse')
+  return config

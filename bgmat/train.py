@@ -1,0 +1,372 @@
+"""Training and evaluation of one stage, as one linear function.
+
+Stages (config.stage):
+  'preseg':  DeepLabV3+ -> foreground logits, sigmoid BCE (+ Dice) loss.
+  'matting': generator(image, prior) -> alpha with L1 / composition / Laplacian /
+             gradient losses, plus, when config.adv.weight > 0, multi-scale
+             PatchGAN discriminators (adversarial + feature-matching losses).
+             The prior is the frozen stage-1 model's probability
+             (config.prior == 'model') or a perturbed ground truth
+             (config.prior == 'perturbed_gt'); evaluation always uses the real
+             stage-1 model from config.preseg_workdir.
+
+The GAN step computes G's and D's losses in one function of both parameter sets
+and takes both gradients from the same forward pass (D sees G's output before
+this step's update; G's loss uses D before its update), as in magvit.
+"""
+
+import functools
+import json
+import os
+from typing import Any
+
+from absl import logging
+from clu import metrics as clu_metrics
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from bgmat import checkpointing
+from bgmat import evaluate as eval_lib
+from bgmat import input_pipeline
+from bgmat import losses
+from bgmat import models
+from bgmat import sharding
+from bgmat import writers
+
+
+class NonFiniteLossError(RuntimeError):
+  pass
+
+
+# ---------------------------------------------------------------------------
+# Models and optimizers from the config.
+# ---------------------------------------------------------------------------
+
+
+def build_model(model_config: ml_collections.ConfigDict):
+  return models.get_model(model_config.name, **model_config.get('kwargs', {}))
+
+
+def make_optimizer(opt_config, total_steps: int) -> optax.GradientTransformation:
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=opt_config.lr,
+      warmup_steps=min(opt_config.warmup_steps, max(total_steps - 1, 1)),
+      decay_steps=max(total_steps, 2), end_value=opt_config.lr * opt_config.final_lr_ratio)
+  return optax.chain(
+      optax.clip_by_global_norm(opt_config.grad_clip),
+      optax.adamw(schedule, b1=opt_config.b1, b2=opt_config.b2,
+                  weight_decay=opt_config.weight_decay))
+
+
+def load_frozen_preseg(preseg_workdir: str):
+  """(module, variables) of a trained stage-1 run, from its workdir."""
+  with open(os.path.join(preseg_workdir, 'config.json'), encoding='utf-8') as f:
+    preseg_config = ml_collections.ConfigDict(json.load(f))
+  module = build_model(preseg_config.model)
+  state = checkpointing.restore_state_only(preseg_workdir)
+  variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
+  return module, variables
+
+
+def resolve_preseg_workdir(config, workdir: str) -> str:
+  path = config.preseg_workdir
+  if not os.path.isabs(path):
+    path = os.path.join(os.path.dirname(os.path.abspath(workdir)), path)
+  return path
+
+
+# ---------------------------------------------------------------------------
+# Train state and steps (pure functions).
+# ---------------------------------------------------------------------------
+
+
+def init_state(rng, *, config, model, tx, disc=None, disc_tx=None) -> dict[str, Any]:
+  size = config.image_size
+  image = jnp.zeros((1, size, size, 3), jnp.float32)
+  alpha = jnp.zeros((1, size, size, 1), jnp.float32)
+  model_rng, disc_rng = jax.random.split(rng)
+  if config.stage == 'preseg':
+    variables = model.init({'params': model_rng, 'dropout': model_rng}, image, train=False)
+  else:
+    variables = model.init(model_rng, image, alpha, train=False)
+  state = {
+      'step': jnp.zeros((), jnp.int32),
+      'params': variables['params'],
+      'batch_stats': variables.get('batch_stats', {}),
+      'opt_state': tx.init(variables['params']),
+  }
+  if config.stage == 'matting':
+    state['ema_params'] = variables['params']
+  if disc is not None:
+    disc_vars = disc.init(disc_rng, image, alpha, train=False)
+    state['disc'] = {'params': disc_vars['params'],
+                     'batch_stats': disc_vars.get('batch_stats', {}),
+                     'opt_state': disc_tx.init(disc_vars['params'])}
+  return state
+
+
+def preseg_step(state, batch, rng, *, model, tx, config):
+  """One pre-segmentation update. batch: image (N,H,W,3), alpha (N,H,W,1)."""
+  rng = jax.random.fold_in(rng, state['step'])
+
+  def loss_fn(params):
+    logits, updates = model.apply(
+        {'params': params, 'batch_stats': state['batch_stats']}, batch['image'],
+        train=True, mutable=['batch_stats'], rngs={'dropout': rng})
+    loss = losses.seg_loss(logits, batch['alpha'], bce_weight=config.loss.bce,
+                           dice_weight=config.loss.dice)
+    return loss, (updates['batch_stats'], logits)
+
+  (loss, (batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state['params'])
+  updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+  params = optax.apply_updates(state['params'], updates)
+  pred = logits > 0
+  target = batch['alpha'] >= 0.5
+  iou = jnp.sum(pred & target) / jnp.maximum(jnp.sum(pred | target), 1)
+  new_state = dict(state, step=state['step'] + 1, params=params,
+                   batch_stats=batch_stats, opt_state=opt_state)
+  return new_state, {'loss': loss, 'train_iou': iou,
+                     'grad_norm': optax.global_norm(grads)}
+
+
+def _prior(batch, preseg_vars, *, preseg_model, config):
+  if config.prior == 'perturbed_gt':
+    return batch['prior']
+  logits = preseg_model.apply(preseg_vars, batch['image'], train=False)
+  return jax.lax.stop_gradient(jax.nn.sigmoid(logits))
+
+
+def matting_step(state, batch, rng, preseg_vars, *, model, tx, disc, disc_tx,
+                 preseg_model, config):
+  """One matting update (G, and D when adversarial) from one loss function."""
+  del rng  # The matting stage has no stochastic layers.
+  prior = _prior(batch, preseg_vars, preseg_model=preseg_model, config=config)
+  weights = config.loss
+  unknown = (batch['trimap'] == 0.5).astype(jnp.float32)
+  adversarial = disc is not None
+
+  def loss_fn(params):
+    alpha, g_updates = model.apply(
+        {'params': params['g'], 'batch_stats': state['batch_stats']},
+        batch['image'], prior, train=True, mutable=['batch_stats'])
+    terms = {
+        'l1': losses.alpha_l1(alpha, batch['alpha']),
+        'l1_unknown': losses.alpha_l1(alpha, batch['alpha'], unknown),
+        'comp': losses.composition_l1(alpha, batch['alpha'], batch['fg'], batch['bg'],
+                                      batch['image']),
+        'lap': losses.laplacian_pyramid_loss(alpha, batch['alpha']),
+        'grad': losses.alpha_gradient_loss(alpha, batch['alpha']),
+    }
+    g_loss = sum(weights[k] * v for k, v in terms.items())
+    d_loss = jnp.zeros(())
+    d_stats = {}
+    if adversarial:
+      d_vars = {'params': params['d'], 'batch_stats': state['disc']['batch_stats']}
+      (real, fake, fake_for_d), d_updates = _three_disc_calls(
+          disc, d_vars, batch['image'], batch['alpha'], alpha)
+      terms['adv_g'] = losses.adversarial_g_loss([f[0] for f in fake], config.adv.kind)
+      terms['feat_match'] = losses.feature_matching_loss(
+          [r[1] for r in real], [f[1] for f in fake])
+      g_loss = g_loss + config.adv.weight * terms['adv_g'] + config.adv.fm_weight * terms['feat_match']
+      d_loss = losses.adversarial_d_loss([r[0] for r in real], [f[0] for f in fake_for_d],
+                                         config.adv.kind)
+      d_stats = d_updates
+    return (g_loss, d_loss), (terms, g_updates['batch_stats'], d_stats)
+
+  params = {'g': state['params']}
+  if adversarial:
+    params['d'] = state['disc']['params']
+  (g_loss, d_loss), vjp_fn, (terms, batch_stats, d_stats) = jax.vjp(
+      loss_fn, params, has_aux=True)
+  g_grads = vjp_fn((jnp.ones(()), jnp.zeros(())))[0]['g']
+  updates, opt_state = tx.update(g_grads, state['opt_state'], state['params'])
+  new_params = optax.apply_updates(state['params'], updates)
+  decay = config.ema_decay
+  ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state['ema_params'], new_params)
+  new_state = dict(state, step=state['step'] + 1, params=new_params, batch_stats=batch_stats,
+                   opt_state=opt_state, ema_params=ema)
+  step_metrics = {'loss': g_loss, **terms, 'grad_norm': optax.global_norm(g_grads)}
+  if adversarial:
+    d_grads = vjp_fn((jnp.zeros(()), jnp.ones(())))[0]['d']
+    d_updates, d_opt_state = disc_tx.update(d_grads, state['disc']['opt_state'],
+                                            state['disc']['params'])
+    new_state['disc'] = {
+        'params': optax.apply_updates(state['disc']['params'], d_updates),
+        'batch_stats': d_stats.get('batch_stats', state['disc']['batch_stats']),
+        'opt_state': d_opt_state}
+    step_metrics['d_loss'] = d_loss
+  return new_state, step_metrics
+
+
+def _three_disc_calls(disc, d_vars, image, alpha_gt, alpha_pred):
+  """D on the real matte, on the fake (for G) and on a detached fake (for D)."""
+  real, updates = disc.apply(d_vars, image, alpha_gt, train=True, mutable=['batch_stats'])
+  d_vars = dict(d_vars, batch_stats=updates.get('batch_stats', d_vars['batch_stats']))
+  fake, updates = disc.apply(d_vars, image, alpha_pred, train=True, mutable=['batch_stats'])
+  fake_for_d, updates = disc.apply(
+      dict(d_vars, batch_stats=updates.get('batch_stats', d_vars['batch_stats'])),
+      image, jax.lax.stop_gradient(alpha_pred), train=True, mutable=['batch_stats'])
+  return (real, fake, fake_for_d), updates
+
+
+# ---------------------------------------------------------------------------
+# The loop.
+# ---------------------------------------------------------------------------
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains config.stage in workdir (resuming if possible); returns test metrics."""
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+  if is_main:
+    with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
+      f.write(config.to_json_best_effort(indent=1))
+  writer = writers.create_writer(workdir, is_main=is_main)
+
+  # Mesh.
+  mesh = sharding.create_mesh(config.mesh)
+  per_process_batch = sharding.global_batch_size_ok(config.batch_size, mesh)
+  logging.info('Mesh %s, global batch %d, %d per process', dict(mesh.shape),
+               config.batch_size, per_process_batch)
+
+  # Input.
+  train_ds = input_pipeline.create_train_dataset(
+      config, process_index=jax.process_index(), process_count=jax.process_count(),
+      per_process_batch=per_process_batch)
+  train_iter = iter(train_ds)
+
+  # Models.
+  model = build_model(config.model)
+  total_steps = config.num_train_steps
+  tx = make_optimizer(config.opt, total_steps)
+  disc = disc_tx = None
+  preseg_model = preseg_vars = None
+  if config.stage == 'matting':
+    if config.adv.weight > 0:
+      disc = build_model(config.disc)
+      disc_tx = make_optimizer(config.disc_opt, total_steps)
+    preseg_model, preseg_vars = load_frozen_preseg(resolve_preseg_workdir(config, workdir))
+    preseg_vars = jax.device_put(preseg_vars, sharding.replicated(mesh))
+
+  # Sharding: parameters replicated, never materialised unsharded.
+  init_fn = functools.partial(init_state, config=config, model=model, tx=tx,
+                              disc=disc, disc_tx=disc_tx)
+  rng = jax.random.key(config.seed)
+  init_rng, train_rng = jax.random.split(rng)
+  abstract_state = jax.eval_shape(init_fn, init_rng)
+  state_shardings = sharding.state_shardings(mesh, abstract_state)
+  data_sharding = sharding.batch_sharding(mesh)
+
+  # Checkpoint: resume from the workdir, else init.
+  manager = checkpointing.create_manager(
+      workdir, max_to_keep=config.keep_checkpoints, async_save=config.async_checkpoints)
+  restored = checkpointing.restore_latest(
+      manager, checkpointing.abstract_with_shardings(abstract_state, state_shardings),
+      train_iter)
+  if restored is not None:
+    state, start_step = restored
+    logging.info('Resumed from step %d in %s', start_step, workdir)
+  else:
+    state = jax.jit(init_fn, out_shardings=state_shardings)(init_rng)
+    start_step = 0
+
+  # Steps.
+  if config.stage == 'preseg':
+    step_fn = functools.partial(preseg_step, model=model, tx=tx, config=config)
+    train_step = jax.jit(step_fn, in_shardings=(state_shardings, data_sharding, None),
+                         out_shardings=(state_shardings, None), donate_argnums=0)
+    run_step = lambda s, b: train_step(s, b, train_rng)
+  else:
+    step_fn = functools.partial(matting_step, model=model, tx=tx, disc=disc, disc_tx=disc_tx,
+                                preseg_model=preseg_model, config=config)
+    train_step = jax.jit(step_fn, in_shardings=(state_shardings, data_sharding, None, None),
+                         out_shardings=(state_shardings, None), donate_argnums=0)
+    run_step = lambda s, b: train_step(s, b, train_rng, preseg_vars)
+  predict = _make_predict(config, model, preseg_model, mesh)
+
+  def run_eval(split: str, step: int, variables) -> dict[str, float]:
+    batches = input_pipeline.eval_batches(
+        config, split, process_index=jax.process_index(), process_count=jax.process_count(),
+        per_process_batch=per_process_batch, max_examples=config.get('max_eval_examples'))
+    which = tuple(config.eval_metrics)
+    results, samples = eval_lib.evaluate(
+        lambda b: predict(variables, preseg_vars, b), batches, mesh, which=which)
+    writer.write_scalars(step, {f'{split}/{k}': v for k, v in results.items()})
+    if is_main and samples is not None:
+      keys = ['alpha'] + (['preseg'] if 'preseg' in samples else [])
+      writer.write_images(step, {f'{split}/{k}': eval_lib.sample_grid(samples, k)[None]
+                                 for k in keys})
+      eval_lib.write_results(workdir, split, step, results, samples, keys)
+    return results
+
+  # Loop.
+  report = writers.periodic_actions.ReportProgress(
+      num_train_steps=total_steps, writer=writer, every_steps=config.log_every)
+  hooks = [report] if is_main else []
+  train_metrics = None
+  step = start_step
+  stop_at = config.get('stop_at_step') or total_steps
+  with writers.metric_writers.ensure_flushes(writer):
+    while step < min(total_steps, stop_at):
+      with jax.profiler.StepTraceAnnotation('train', step_num=step):
+        batch = sharding.to_global(next(train_iter), mesh)
+        state, step_metrics = run_step(state, batch)
+      step += 1
+      metric = _collection(step_metrics).single_from_model_output(**step_metrics)
+      train_metrics = metric if train_metrics is None else train_metrics.merge(metric)
+      for hook in hooks:
+        hook(step)
+      if step % config.log_every == 0 or step == total_steps:
+        values = {k: float(v) for k, v in train_metrics.compute().items()}
+        if not all(np.isfinite(v) for v in values.values()):
+          raise NonFiniteLossError(
+              f'Non-finite training metrics at step {step}: {values}. The last good '
+              f'checkpoint in {manager.directory} is kept.')
+        writer.write_scalars(step, {f'train/{k}': v for k, v in values.items()})
+        train_metrics = None
+      if step % config.checkpoint_every == 0 or step == total_steps or step == stop_at:
+        checkpointing.save(manager, step, state, train_iter, force=True)
+      if config.eval_every and (step % config.eval_every == 0) and step != total_steps:
+        run_eval('validation', step, _eval_variables(state, config))
+    manager.wait_until_finished()
+    results = {}
+    if step == total_steps:
+      variables = _eval_variables(state, config)
+      results = {'validation': run_eval('validation', step, variables)}
+      if config.get('eval_test', True):
+        results['test'] = run_eval('test', step, variables)
+  manager.close()
+  if hasattr(train_iter, 'close'):
+    train_iter.close()
+  return results
+
+
+def _collection(step_metrics: dict) -> type[clu_metrics.Collection]:
+  return clu_metrics.Collection.create(
+      **{k: clu_metrics.Average.from_output(k) for k in step_metrics})
+
+
+def _eval_variables(state, config) -> dict:
+  params = state['ema_params'] if config.stage == 'matting' and config.eval_ema else state['params']
+  return {'params': params, 'batch_stats': state['batch_stats']}
+
+
+def _make_predict(config, model, preseg_model, mesh):
+  """jitted (variables, preseg_vars, batch) -> {'alpha': ..., ['preseg': ...]}."""
+  if config.stage == 'preseg':
+    def predict(variables, preseg_vars, batch):
+      del preseg_vars
+      return {'alpha': jax.nn.sigmoid(model.apply(variables, batch['image'], train=False))}
+  else:
+    def predict(variables, preseg_vars, batch):
+      prior = jax.nn.sigmoid(preseg_model.apply(preseg_vars, batch['image'], train=False))
+      alpha = model.apply(variables, batch['image'], prior, train=False)
+      # The pre-segmentation used directly as alpha: the automatic baseline.
+      return {'alpha': alpha, 'preseg': prior}
+  return jax.jit(predict, out_shardings=sharding.batch_sharding(mesh))
+
