@@ -16,8 +16,10 @@ Training examples (numpy, per process) hold
 
 import dataclasses
 import importlib
+import sys
 from typing import Any, Iterator
 
+from absl import flags
 import grain
 import numpy as np
 from PIL import Image
@@ -42,7 +44,7 @@ def open_source(dataset: str, split: str, data_dir: str | None):
     if e.name != module:
       raise
   try:
-    return tfds.data_source(dataset, split=split, data_dir=data_dir)
+    return tfds.data_source(dataset, split=split, data_dir=data_dir, download=False)
   except Exception as e:  # TFDS raises several types for a missing data set.
     raise FileNotFoundError(
         f'Cannot open TFDS data set {dataset!r} split {split!r} in data_dir '
@@ -230,6 +232,10 @@ def create_train_dataset(config, *, process_index: int, process_count: int,
       grain.ReadOptions(num_threads=config.input.num_threads,
                         prefetch_buffer_size=config.input.prefetch))
   if config.input.worker_count > 0:
+    # Grain's worker processes read absl flags: parse them (with defaults) when
+    # the caller is not an absl app, e.g. a notebook or pytest.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS(sys.argv[:1])
     iter_dataset = iter_dataset.mp_prefetch(
         grain.MultiprocessingOptions(num_workers=config.input.worker_count))
   return iter_dataset

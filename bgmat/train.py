@@ -256,7 +256,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # Sharding: parameters replicated, never materialised unsharded.
   init_fn = functools.partial(init_state, config=config, model=model, tx=tx,
                               disc=disc, disc_tx=disc_tx)
-  rng = jax.random.key(config.seed)
+  rng = jax.random.key(config.seed, impl=config.get('rng_impl', 'threefry2x32'))
   init_rng, train_rng = jax.random.split(rng)
   abstract_state = jax.eval_shape(init_fn, init_rng)
   state_shardings = sharding.state_shardings(mesh, abstract_state)

@@ -1,6 +1,24 @@
-"""Test set-up: 4 forced CPU devices so sharded code paths run on any machine."""
+"""Test set-up: 4 forced CPU devices so sharded code paths run on any machine,
+a persistent compilation cache so repeated identical jits compile once, and a
+tiny synthetic data set built once per session."""
 import os
+import tempfile
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=4')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+import jax  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+jax.config.update('jax_compilation_cache_dir',
+                  os.path.join(tempfile.gettempdir(), 'bgmat_test_jax_cache'))
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+
+
+@pytest.fixture(scope='session')
+def tiny_data(tmp_path_factory):
+  """(dataset name, data_dir) of the `tiny` synthetic portraits (64 px, 16/4/4)."""
+  from data_prep import synthetic_portraits  # pylint: disable=g-import-not-at-top
+  data_dir = str(tmp_path_factory.mktemp('data'))
+  return synthetic_portraits.build_synthetic(data_dir, 'tiny'), data_dir

@@ -44,7 +44,7 @@ Dtype = Any
 DEPTHWISE_IMPLS = ('auto', 'shifted', 'grouped')
 
 # He (Kaiming) normal on fan-in: for a depthwise (k, k, 1, C) kernel fan-in is k*k.
-default_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_in', 'truncated_normal')
+default_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
 
 
 def get_padding(kernel_size: int, stride: int = 1, dilation: int = 1) -> int:

@@ -10,6 +10,30 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from bgmat.models import deeplab as D
 
 
+def np_init(model, x, seed=0):
+  """Variables with random values from numpy (no XLA compile, unlike `model.init`).
+
+  Kernels ~ He normal, BN scale/bias and running statistics randomized, so
+  eval-mode comparisons exercise every parameter.
+  """
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, False))
+  rng = np.random.default_rng(seed)
+
+  def make(path, spec):
+    name = path[-1].key
+    shape = spec.shape
+    if name == 'kernel':
+      fan_in = int(np.prod(shape[:-1])) if len(shape) != 4 or shape[2] != 1 else shape[0] * shape[1]
+      v = rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
+    elif name in ('scale', 'var'):
+      v = rng.uniform(0.5, 1.5, shape)
+    else:  # bias, mean
+      v = rng.normal(0, 0.1, shape)
+    return jnp.asarray(v, spec.dtype)
+
+  return jax.tree_util.tree_map_with_path(make, shapes)
+
+
 def _flat_shapes(tree):
   return {jax.tree_util.keystr(p): tuple(l.shape)
           for p, l in jax.tree_util.tree_leaves_with_path(tree)}
@@ -88,8 +112,8 @@ def test_finer_flags():
 def test_output_shape_any_size(name, head, output_stride):
   model = D.PRESETS[name](head=head, output_stride=output_stride, num_classes=2)
   x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 67, 45, 3)), jnp.float32)
-  variables = model.init(jax.random.PRNGKey(0), x, False)
-  out = model.apply(variables, x, False)
+  variables = np_init(model, x)
+  out = jax.jit(lambda v, x: model.apply(v, x, False))(variables, x)
   assert out.shape == (2, 67, 45, 2) and out.dtype == jnp.float32
   assert np.all(np.isfinite(np.asarray(out)))
 
@@ -105,18 +129,21 @@ def test_depthwise_impls_agree_on_deeplab_tiny():
   x = jnp.asarray(np.random.default_rng(1).uniform(size=(1, 72, 56, 3)), jnp.float32)
   ms = D.deeplabv3plus_tiny_improved(depthwise_impl='shifted')
   mg = D.deeplabv3plus_tiny_improved(depthwise_impl='grouped')
-  variables = ms.init(jax.random.PRNGKey(0), x, False)
-  np.testing.assert_allclose(ms.apply(variables, x, False), mg.apply(variables, x, False),
+  variables = np_init(ms, x)
+  np.testing.assert_allclose(jax.jit(lambda v, x: ms.apply(v, x, False))(variables, x),
+                             jax.jit(lambda v, x: mg.apply(v, x, False))(variables, x),
                              rtol=1e-4, atol=1e-5)
 
 
 def test_bfloat16_deeplab_tiny():
   model = D.deeplabv3plus_tiny_improved(dtype=jnp.bfloat16)
   x = jnp.ones((1, 48, 48, 3)) * 0.3
-  variables = model.init(jax.random.PRNGKey(0), x, False)
+  variables = np_init(model, x)
   assert all(l.dtype == jnp.float32 for l in jax.tree_util.tree_leaves(variables))
-  out = model.apply(variables, x, False)
+  out = jax.jit(lambda v, x: model.apply(v, x, False))(variables, x)
   assert out.dtype == jnp.float32 and out.shape == (1, 48, 48, 1)
+  ref = jax.jit(lambda v, x: D.deeplabv3plus_tiny_improved().apply(v, x, False))(variables, x)
+  assert float(jnp.abs(out - ref).max()) < 0.1 * float(jnp.abs(ref).max()) + 0.1
 
 
 # --------------------------------------------------------------------------
@@ -132,7 +159,7 @@ def test_sharded_forward_backward_matches_unsharded(name):
   rng = np.random.default_rng(0)
   x = rng.uniform(size=(8, 64, 64, 3)).astype(np.float32)
   y = (rng.uniform(size=(8, 64, 64, 1)) > 0.5).astype(np.float32)
-  variables = model.init(jax.random.PRNGKey(0), x[:1], False)
+  variables = np_init(model, x[:1])
 
   def loss_fn(params, batch_stats, x, y):
     logits, upd = model.apply({'params': params, 'batch_stats': batch_stats}, x, True,

@@ -1,0 +1,34 @@
+# The two commands of the README. Both create .venv if missing and install.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch, for the timm/smp parity tests; torchvision pinned to
+# the release that pins that torch (pip would otherwise pull CUDA wheels).
+TORCH_PINS := torch==2.13.0 torchvision==0.28.0
+
+.PHONY: install install-test demo test clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[tensorboard,matting]"
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	printf '%s\n' $(TORCH_PINS) > $(VENV)/torch-constraints.txt
+	$(PY) -m pip install -q -c $(VENV)/torch-constraints.txt -e ".[test,torch]" $(TORCH_PINS)
+	$(PY) .ci/patch_torchvision.py
+	touch $@
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
+
+demo: install
+	$(PY) -m bgmat.cli demo --out demo_out
+
+test: install-test
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf demo_out .pytest_cache
