@@ -130,7 +130,7 @@ def preseg_step(state, batch, rng, *, model, tx, config):
   new_state = dict(state, step=state['step'] + 1, params=params,
                    batch_stats=batch_stats, opt_state=opt_state)
   return new_state, {'loss': loss, 'train_iou': iou,
-                     'grad_norm': optax.global_norm(grads)}
+                     'grad_norm': optax.tree.norm(grads)}
 
 
 def _prior(batch, preseg_vars, *, preseg_model, config):
@@ -189,7 +189,7 @@ def matting_step(state, batch, rng, preseg_vars, *, model, tx, disc, disc_tx,
   ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state['ema_params'], new_params)
   new_state = dict(state, step=state['step'] + 1, params=new_params, batch_stats=batch_stats,
                    opt_state=opt_state, ema_params=ema)
-  step_metrics = {'loss': g_loss, **terms, 'grad_norm': optax.global_norm(g_grads)}
+  step_metrics = {'loss': g_loss, **terms, 'grad_norm': optax.tree.norm(g_grads)}
   if adversarial:
     d_grads = vjp_fn((jnp.zeros(()), jnp.ones(())))[0]['d']
     d_updates, d_opt_state = disc_tx.update(d_grads, state['disc']['opt_state'],

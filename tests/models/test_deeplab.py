@@ -8,30 +8,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from bgmat.models import deeplab as D
-
-
-def np_init(model, x, seed=0):
-  """Variables with random values from numpy (no XLA compile, unlike `model.init`).
-
-  Kernels ~ He normal, BN scale/bias and running statistics randomized, so
-  eval-mode comparisons exercise every parameter.
-  """
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, False))
-  rng = np.random.default_rng(seed)
-
-  def make(path, spec):
-    name = path[-1].key
-    shape = spec.shape
-    if name == 'kernel':
-      fan_in = int(np.prod(shape[:-1])) if len(shape) != 4 or shape[2] != 1 else shape[0] * shape[1]
-      v = rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
-    elif name in ('scale', 'var'):
-      v = rng.uniform(0.5, 1.5, shape)
-    else:  # bias, mean
-      v = rng.normal(0, 0.1, shape)
-    return jnp.asarray(v, spec.dtype)
-
-  return jax.tree_util.tree_map_with_path(make, shapes)
+from tests.models.test_xception import np_init
 
 
 def _flat_shapes(tree):
@@ -182,7 +159,9 @@ def test_sharded_forward_backward_matches_unsharded(name):
   gmax = max(float(np.abs(l).max()) for l in jax.tree_util.tree_leaves(grads))
   for a, b in zip(jax.tree_util.tree_leaves(grads_s), jax.tree_util.tree_leaves(grads)):
     b = np.asarray(b)
-    assert float(np.abs(np.asarray(a) - b).max()) <= 1e-3 * float(np.abs(b).max()) + 1e-5 * gmax
+    # float32 reduction order differs between the layouts; gradients that are
+    # ~0 in theory (BN biases) carry that noise, hence the gmax term.
+    assert float(np.abs(np.asarray(a) - b).max()) <= 1e-3 * float(np.abs(b).max()) + 5e-5 * gmax
   for a, b in zip(jax.tree_util.tree_leaves(bs_s), jax.tree_util.tree_leaves(bs)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 

@@ -10,6 +10,30 @@ from bgmat.models import layers
 from bgmat.models import xception as X
 
 
+def np_init(model, x, seed=0):
+  """Variables with random values from numpy (no XLA compile, unlike `model.init`).
+
+  Kernels ~ He normal, BN scale/bias and running statistics randomized, so
+  eval-mode comparisons exercise every parameter.
+  """
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, False))
+  rng = np.random.default_rng(seed)
+
+  def make(path, spec):
+    name = path[-1].key
+    shape = spec.shape
+    if name == 'kernel':
+      fan_in = int(np.prod(shape[:-1])) if len(shape) != 4 or shape[2] != 1 else shape[0] * shape[1]
+      v = rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
+    elif name in ('scale', 'var'):
+      v = rng.uniform(0.5, 1.5, shape)
+    else:  # bias, mean
+      v = rng.normal(0, 0.1, shape)
+    return jnp.asarray(v, spec.dtype)
+
+  return jax.tree_util.tree_map_with_path(make, shapes)
+
+
 def _count(tree):
   return sum(int(np.prod(l.shape)) for l in jax.tree_util.tree_leaves(tree))
 
@@ -64,10 +88,10 @@ def test_xception_tiny_impls_match_forward_and_grad():
   x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 51, 45, 3)), jnp.float32)
   ms = X.xception_tiny(depthwise_impl='shifted', output_stride=16)
   mg = X.xception_tiny(depthwise_impl='grouped', output_stride=16)
-  variables = ms.init(jax.random.PRNGKey(0), x, False)
+  variables = np_init(ms, x)
   # Same parameter tree either way.
   assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(
-      mg.init(jax.random.PRNGKey(0), x, False))
+      jax.eval_shape(lambda: mg.init(jax.random.PRNGKey(0), x, False)))
 
   def loss(model, params):
     out, _ = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, x, True,
@@ -138,9 +162,9 @@ def test_block_plan_matches_timm_rule():
 def test_bfloat16_compute_float32_params():
   model = X.xception_tiny(dtype=jnp.bfloat16, num_classes=5)
   x = jnp.ones((1, 32, 32, 3))
-  variables = model.init(jax.random.PRNGKey(0), x, False)
+  variables = np_init(model, x)
   assert all(l.dtype == jnp.float32 for l in jax.tree_util.tree_leaves(variables))
-  out = model.apply(variables, x, False)
+  out = jax.jit(lambda v, x: model.apply(v, x, False))(variables, x)
   assert out['final'].dtype == jnp.bfloat16
   assert out['logits'].dtype == jnp.float32
   assert np.all(np.isfinite(np.asarray(out['logits'])))
