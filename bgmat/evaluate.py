@@ -30,7 +30,7 @@ def evaluate(predict_fn: Callable[[dict], dict], batches: Iterable[dict], mesh,
     ('alpha/sad', 'alpha/sad_unknown', 'preseg/iou', ...); samples: the first
     batch's host arrays (image, alpha, and the predictions) for pictures.
   """
-  sums: dict[str, float] = {}
+  totals = None  # A clu Collection of Averages, merged over batches.
   count = 0
   samples = None
   for batch in batches:
@@ -42,18 +42,21 @@ def evaluate(predict_fn: Callable[[dict], dict], batches: Iterable[dict], mesh,
     valid = host['valid'] > 0
     if not valid.any():
       continue
+    per_example = {}
     for key, pred in predictions.items():
-      per_example = metrics_lib.batch_eval_metrics(
-          pred[valid], host['alpha'][valid], host['trimap'][valid], which=which)
-      for metric, values in per_example.items():
-        sums[f'{key}/{metric}'] = sums.get(f'{key}/{metric}', 0.0) + float(values.sum())
+      for metric, values in metrics_lib.batch_eval_metrics(
+          pred[valid], host['alpha'][valid], host['trimap'][valid], which=which).items():
+        per_example[f'{key}__{metric}'] = values  # Field names: no '/'.
+    batch_metrics = metrics_lib.average_collection(per_example).single_from_model_output(
+        **per_example)
+    totals = batch_metrics if totals is None else totals.merge(batch_metrics)
     count += int(valid.sum())
     if samples is None:
       samples = {'image': host['image'][valid], 'alpha_gt': host['alpha'][valid],
                  **{k: v[valid] for k, v in predictions.items()}}
   if not count:
     raise ValueError('Evaluation saw no examples')
-  return {k: v / count for k, v in sums.items()}, samples
+  return {k.replace('__', '/'): float(v) for k, v in totals.compute().items()}, samples
 
 
 def checkerboard(height: int, width: int, cell: int = 8) -> np.ndarray:

@@ -364,6 +364,12 @@ class MattingEval(clu_metrics.Collection):
   iou: clu_metrics.Average.from_output('iou')
 
 
+def average_collection(keys) -> type[clu_metrics.Collection]:
+  """A clu Collection with one `Average` per key (train losses, eval metrics)."""
+  return clu_metrics.Collection.create(
+      **{k: clu_metrics.Average.from_output(k) for k in keys})
+
+
 class MattingEvalAccumulator:
   """Host-side running means of per-example metrics with any set of keys."""
 

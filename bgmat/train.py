@@ -21,7 +21,6 @@ import os
 from typing import Any
 
 from absl import logging
-from clu import metrics as clu_metrics
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -32,6 +31,7 @@ from bgmat import checkpointing
 from bgmat import evaluate as eval_lib
 from bgmat import input_pipeline
 from bgmat import losses
+from bgmat import metrics as metrics_lib
 from bgmat import models
 from bgmat import sharding
 from bgmat import writers
@@ -274,6 +274,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   else:
     state = jax.jit(init_fn, out_shardings=state_shardings)(init_rng)
     start_step = 0
+    if config.get('init_from'):
+      state = _init_encoder_from(state, config.init_from, state_shardings)
 
   # Steps.
   if config.stage == 'preseg':
@@ -317,7 +319,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         batch = sharding.to_global(next(train_iter), mesh)
         state, step_metrics = run_step(state, batch)
       step += 1
-      metric = _collection(step_metrics).single_from_model_output(**step_metrics)
+      metric = metrics_lib.average_collection(step_metrics).single_from_model_output(
+          **step_metrics)
       train_metrics = metric if train_metrics is None else train_metrics.merge(metric)
       for hook in hooks:
         hook(step)
@@ -346,9 +349,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return results
 
 
-def _collection(step_metrics: dict) -> type[clu_metrics.Collection]:
-  return clu_metrics.Collection.create(
-      **{k: clu_metrics.Average.from_output(k) for k in step_metrics})
+def _init_encoder_from(state, path: str, state_shardings):
+  """Grafts converted encoder weights (`python -m bgmat.convert`) into the state."""
+  from bgmat import convert  # pylint: disable=g-import-not-at-top
+  pretrained = convert.restore_variables(path)
+  variables = convert.graft_encoder(
+      {'params': sharding.to_host(state['params']),
+       'batch_stats': sharding.to_host(state['batch_stats'])}, pretrained, drop_head=True)
+  logging.info('Encoder initialised from %s', path)
+  state = dict(state, params=variables['params'], batch_stats=variables['batch_stats'])
+  return jax.device_put(state, state_shardings)
 
 
 def _eval_variables(state, config) -> dict:

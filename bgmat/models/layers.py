@@ -248,8 +248,12 @@ class Conv2D(nn.Module):
 
 
 def batch_norm(train: bool, eps: float, momentum: float, dtype, param_dtype, name: str):
+  # Two-pass variance (use_fast_variance=False): E[x^2] - E[x]^2 cancels
+  # catastrophically in float32 where the mean is large against the spread
+  # (e.g. BN over the few globally pooled values of the ASPP pooling branch),
+  # and then gradients depend on the reduction order (sharded vs not).
   return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=eps,
-                      dtype=dtype, param_dtype=param_dtype, name=name)
+                      dtype=dtype, param_dtype=param_dtype, use_fast_variance=False, name=name)
 
 
 class ConvBN(nn.Module):
