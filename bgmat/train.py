@@ -333,6 +333,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         writer.write_scalars(step, {f'train/{k}': v for k, v in values.items()})
         train_metrics = None
       if step % config.checkpoint_every == 0 or step == total_steps or step == stop_at:
+        # Never let a diverged state overwrite the last good checkpoint.
+        if not np.isfinite(float(step_metrics['loss'])):
+          raise NonFiniteLossError(
+              f'Non-finite loss at step {step}; not saved. The last good checkpoint '
+              f'in {manager.directory} is kept.')
         checkpointing.save(manager, step, state, train_iter, force=True)
       if config.eval_every and (step % config.eval_every == 0) and step != total_steps:
         run_eval('validation', step, _eval_variables(state, config))
