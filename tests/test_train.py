@@ -107,3 +107,35 @@ def test_interrupted_run_resumes_and_matches(tiny_data, tmp_path):
   for key, value in full['test'].items():
     np.testing.assert_allclose(value, resumed['test'][key], rtol=1e-4, err_msg=key)
   assert os.path.exists(os.path.join(full_dir, 'eval', 'test_alpha_side_by_side.png'))
+
+
+def test_init_from_converted_encoder(tmp_path):
+  """config.init_from grafts converted encoder weights; the head stays as initialised."""
+  from bgmat import convert  # pylint: disable=g-import-not-at-top
+  config = preseg_configs.get_config('tiny')
+  model = train.build_model(config.model)
+  encoder = train.models.get_model('xception_tiny', num_classes=10)
+  shapes = jax.eval_shape(lambda: encoder.init(
+      jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32)))
+  rng = np.random.default_rng(0)
+  pretrained = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(s.dtype), shapes)
+  pretrained = jax.tree.map(np.asarray, dict(pretrained))
+  convert.save_variables(pretrained, tmp_path / 'enc', meta={'arch': 'xception_tiny'})
+
+  mesh = sharding.create_mesh([('data', -1)])
+  tx = train.make_optimizer(config.opt, 4)
+  init_fn = functools.partial(train.init_state, config=config, model=model, tx=tx)
+  key = jax.random.key(0, impl=config.rng_impl)
+  shardings = sharding.state_shardings(mesh, jax.eval_shape(init_fn, key))
+  state = jax.jit(init_fn, out_shardings=shardings)(key)
+  grafted = train._init_encoder_from(state, str(tmp_path / 'enc'), shardings)  # pylint: disable=protected-access
+  host = sharding.to_host(grafted)
+  for path, value in jax.tree_util.tree_leaves_with_path(pretrained['params']):
+    if 'head' in jax.tree_util.keystr(path):
+      continue
+    target = host['params']['encoder']
+    for key_entry in path:
+      target = target[key_entry.key]
+    np.testing.assert_array_equal(target, value)
+  np.testing.assert_array_equal(host['params']['logits']['kernel'],
+                                sharding.to_host(state['params'])['logits']['kernel'])
