@@ -6,6 +6,24 @@
 #       [-p PORT] -- --config configs/preseg.py:tiny --workdir /tmp/run
 set -euo pipefail
 
+# Prints its arguments as one shell-safe line (plain words stay unquoted).
+quote() {
+  local out=() word
+  for word in "$@"; do
+    if [[ "$word" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
+      out+=("$word")
+    elif [[ "$word" != *"'"* ]]; then
+      out+=("'${word}'")
+    elif [[ "$word" != *[\"\$\`\\!]* ]]; then
+      out+=("\"${word}\"")
+    else
+      out+=("'${word//\'/\'\\\'\'}'")
+    fi
+  done
+  local IFS=' '
+  printf '%s\n' "${out[*]}"
+}
+
 num_processes=2
 devices=2
 port=12355
@@ -23,20 +41,31 @@ done
 python="${PYTHON:-python}"
 
 pids=()
+# Ctrl-C or a kill of the launcher takes its processes down with it; they would
+# otherwise wait for the missing peers until jax's heartbeat times out (and
+# they ignore SIGINT: bash starts background jobs of a script that way).
+# shellcheck disable=SC2329  # called by the trap
+stop() {
+  if [[ ${#pids[@]} -gt 0 ]]; then
+    kill "${pids[@]}" 2>/dev/null || true
+  fi
+  exit 130
+}
+trap stop INT TERM
 for ((i = 0; i < num_processes; i++)); do
   cmd=(env "XLA_FLAGS=--xla_force_host_platform_device_count=${devices}" JAX_PLATFORMS=cpu
        "$python" -m bgmat.main "$@"
        --coordinator_address "127.0.0.1:${port}" --num_processes "$num_processes"
        --process_id "$i")
   if [[ "$dry_run" == 1 ]]; then
-    printf '%q ' "${cmd[@]}"; echo
+    quote "${cmd[@]}"
   else
     "${cmd[@]}" &
     pids+=("$!")
   fi
 done
 status=0
-for pid in "${pids[@]}"; do
+for pid in ${pids[@]+"${pids[@]}"}; do
   wait "$pid" || status=$?
 done
 exit "$status"
