@@ -19,7 +19,8 @@ def get_config(arg: str = 'demo'):
   config = config_defaults.base('matting')
   config.preseg_workdir = 'preseg'
   config.prior = 'perturbed_gt' if 'perturbed_gt' in args else 'model'
-  config.model = dict(name='generator_tiny', kwargs={})
+  # The generator refines the prior (residual on its logits, see generator.py).
+  config.model = dict(name='generator_tiny', kwargs=dict(residual_prior=True))
   config.disc = dict(name='patchgan_tiny', kwargs={})
   config.loss = dict(l1=1.0, l1_unknown=1.0, comp=1.0, lap=1.0, grad=0.5)
   config.adv = dict(weight=0.0 if 'noadv' in args else 0.05, fm_weight=1.0, kind='lsgan')
@@ -34,7 +35,7 @@ def get_config(arg: str = 'demo'):
     config.opt.lr = 3e-3
     config.disc_opt.lr = 1e-3
   elif size == 'full':
-    config.model = dict(name='generator_r34', kwargs={})
+    config.model = dict(name='generator_r34', kwargs=dict(residual_prior=True))
     config.disc = dict(name='patchgan_ms', kwargs={})
     config.dataset = 'synthetic_portraits/default'
     config.image_size = 512

@@ -109,11 +109,17 @@ class MattingGenerator(nn.Module):
       width * (4, 2, 1, 1/2, 1/4) from stride 16 down to stride 1.
     dtype: compute dtype (e.g. jnp.bfloat16); parameters and the output stay
       float32.
+    residual_prior: predict a correction to the pre-segmentation: logits =
+      logit(preseg) + head(features), with the head initialised to zero, so
+      training starts from the pre-segmentation used as alpha and learns to
+      refine it (edges, hair) instead of first learning to copy it. Same
+      parameters either way.
   """
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   block: str = 'basic'
   width: int = 64
   dtype: Any = jnp.float32
+  residual_prior: bool = False
 
   @nn.compact
   def __call__(self, image, preseg, train: bool, return_logits: bool = False):
@@ -182,9 +188,14 @@ class MattingGenerator(nn.Module):
     for i, filters in enumerate(decoder_widths):
       y = DecoderBlock(filters, conv=conv, norm=norm,
                        name=f'decoder{i + 1}')(y, skips.pop())
+    head_init = (nn.initializers.zeros if self.residual_prior
+                 else nn.linear.default_kernel_init)
     logits = nn.Conv(1, (3, 3), padding='SAME', dtype=self.dtype,
-                     name='conv_alpha')(y)
+                     kernel_init=head_init, name='conv_alpha')(y)
     logits = logits[:, :out_height, :out_width].astype(jnp.float32)
+    if self.residual_prior:
+      prior = jnp.clip(preseg.astype(jnp.float32), 1e-4, 1.0 - 1e-4)
+      logits = logits + jnp.log(prior) - jnp.log1p(-prior)
     return logits if return_logits else jax.nn.sigmoid(logits)
 
 

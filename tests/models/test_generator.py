@@ -218,3 +218,17 @@ def test_sharded_batch_matches_unsharded(tiny_variables):
   # The comparison above covers the BatchNorm running statistics, which are
   # means over the global batch; make sure it compared something non-trivial.
   assert all(np.any(g != 0) for g in jax.tree.leaves(expected[3]))
+
+
+def test_residual_prior_starts_from_the_prior_with_the_same_parameters(tiny_variables):
+  model = generator.generator_tiny(residual_prior=True)
+  variables = _init(model)
+  assert jax.tree.map(jnp.shape, variables) == jax.tree.map(jnp.shape, tiny_variables)
+  image, preseg, _ = _inputs(2, 64, 64)
+  alpha = _apply(model, variables, image, preseg, train=False)
+  np.testing.assert_allclose(alpha, np.clip(preseg, 1e-4, 1 - 1e-4), atol=1e-5)
+  # A non-zero head moves alpha away from the prior.
+  params = jax.tree.map(lambda x: x, variables['params'])
+  params['conv_alpha']['kernel'] = params['conv_alpha']['kernel'] + 0.1
+  moved = _apply(model, {**variables, 'params': params}, image, preseg, train=False)
+  assert np.abs(np.asarray(moved) - np.asarray(alpha)).max() > 1e-3
