@@ -1,7 +1,16 @@
 """The `bgmat` command.
 
-  bgmat remove PHOTO... -o OUTDIR --workdir RUNS/matting [--save-alpha]
+  bgmat remove PHOTO|FOLDER|GLOB... -o OUTDIR (--workdir RUNS/matting | --model FILE)
+      [--format rgba|alpha|foreground|composite] [--bg COLOR|IMAGE]
+      [--foreground-method blur_fusion|multilevel|none] [--recursive]
+      [--skip-existing | --overwrite] [--save-alpha] [--size N]
+  bgmat export --workdir RUNS/matting --out FILE [--platforms cpu,cuda] [--size N]
   bgmat demo [--out DIR]
+
+Formats: rgba (PNG, default), alpha (greyscale PNG), foreground (RGB PNG of
+the estimated foreground colours), composite (JPEG over --bg: a colour such as
+white or '#00ff00', or a photo, resized to cover). Outputs are OUTDIR/<name>;
+images found in a folder keep their path relative to that folder.
 """
 
 import argparse
@@ -10,13 +19,38 @@ import sys
 
 def _remove(args) -> int:
   from bgmat import remover as remove  # pylint: disable=g-import-not-at-top
-  remover = remove.Remover.from_workdir(args.workdir, working_size=args.size)
-  failures = remove.remove_files(remover, args.inputs, args.output, save_alpha=args.save_alpha)
-  written = len(args.inputs) - len(failures)
-  print(f'{written} written to {args.output}, {len(failures)} failed')
-  for path, error in failures:
+  if args.format == 'composite':
+    try:
+      bg = remove.parse_background(args.bg)
+    except (ValueError, remove.InputError) as e:
+      print(f'error: {e}', file=sys.stderr)
+      return 2
+  else:
+    bg = args.bg
+  if args.model:
+    remover = remove.Remover.from_export(args.model)
+  else:
+    remover = remove.Remover.from_workdir(args.workdir, working_size=args.size)
+  summary = remove.process_inputs(
+      remover, args.inputs, args.output, format=args.format, bg=bg,
+      foreground_method=args.foreground_method, recursive=args.recursive,
+      skip_existing=args.skip_existing, save_alpha=args.save_alpha)
+  skipped = f', {len(summary.skipped)} skipped (exist)' if summary.skipped else ''
+  print(f'{len(summary.written)} written to {args.output}{skipped}, '
+        f'{len(summary.failures)} failed')
+  for path, error in summary.failures:
     print(f'  failed: {path}: {error}', file=sys.stderr)
-  return 1 if failures else 0
+  return 1 if summary.failures else 0
+
+
+def _export(args) -> int:
+  from bgmat import export  # pylint: disable=g-import-not-at-top
+  platforms = tuple(p.strip() for p in args.platforms.split(',') if p.strip())
+  header = export.export_workdir(args.workdir, args.out, working_size=args.size,
+                                 platforms=platforms)
+  print(f'{args.out}: working size {header["working_size"]}, platforms '
+        f'{",".join(header["platforms"])}')
+  return 0
 
 
 def _demo(args) -> int:
@@ -29,18 +63,42 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog='bgmat', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest='command', required=True)
-  p = sub.add_parser('remove', help='Cut the background out of photos (RGBA PNG).')
-  p.add_argument('inputs', nargs='+', help='Image files.')
+  p = sub.add_parser('remove', help='Cut the background out of photos.')
+  p.add_argument('inputs', nargs='+', help='Image files, folders or glob patterns.')
   p.add_argument('-o', '--output', required=True, help='Output directory.')
-  p.add_argument('--workdir', required=True, help='A trained matting run.')
+  model = p.add_mutually_exclusive_group(required=True)
+  model.add_argument('--workdir', help='A trained matting run.')
+  model.add_argument('--model', help='A `bgmat export` file.')
+  p.add_argument('--format', default='rgba', choices=('rgba', 'alpha', 'foreground',
+                                                      'composite'), help='What to write.')
+  p.add_argument('--bg', default='white',
+                 help='composite background: a colour (white, #00ff00) or an image path.')
+  p.add_argument('--foreground-method', default='blur_fusion',
+                 choices=('blur_fusion', 'multilevel', 'none'),
+                 help='Colours of soft edges (rgba, foreground, composite); none = photo.')
+  p.add_argument('--recursive', action='store_true', help='Descend into subfolders / **.')
+  existing = p.add_mutually_exclusive_group()
+  existing.add_argument('--skip-existing', action='store_true',
+                        help='Leave outputs that already exist untouched.')
+  existing.add_argument('--overwrite', dest='skip_existing', action='store_false',
+                        help='Replace existing outputs (default).')
   p.add_argument('--save-alpha', action='store_true', help='Also write <stem>_alpha.png.')
-  p.add_argument('--size', type=int, default=None, help='Working size (default: training size).')
+  p.add_argument('--size', type=int, default=None,
+                 help='Working size (default: training size; not with --model).')
   p.set_defaults(fn=_remove)
+  p = sub.add_parser('export', help='Write a trained run as one self-contained file.')
+  p.add_argument('--workdir', required=True, help='A trained matting run.')
+  p.add_argument('--out', required=True, help='The file to write.')
+  p.add_argument('--platforms', default='cpu,cuda', help='Comma separated (cpu, cuda, tpu).')
+  p.add_argument('--size', type=int, default=None, help='Working size (default: training).')
+  p.set_defaults(fn=_export)
   p = sub.add_parser('demo', help='Build data, train both stages, evaluate, cut out a photo.')
   p.add_argument('--out', default='demo_out', help='Where everything goes.')
   p.add_argument('--data_dir', default=None, help='Data directory (default: OUT/data).')
   p.set_defaults(fn=_demo)
   args = parser.parse_args(argv)
+  if args.command == 'remove' and args.model and args.size:
+    parser.error('--size is fixed by the exported model; leave it out with --model')
   return args.fn(args)
 
 

@@ -43,7 +43,7 @@ def test_cli_writes_same_size_rgba_and_alpha(matting_workdir, tmp_path):
             _photo(tmp_path / 'gray.png', (40, 40), 'L')]
   out = tmp_path / 'out'
   assert cli.main(['remove', *inputs, '-o', str(out), '--workdir', matting_workdir,
-                   '--save-alpha']) == 0
+                   '--save-alpha', '--foreground-method', 'none']) == 0
   for path, size in zip(inputs, [(90, 50), (33, 71), (40, 40)]):
     stem = os.path.splitext(os.path.basename(path))[0]
     with Image.open(out / f'{stem}.png') as rgba:
@@ -97,3 +97,128 @@ def test_decompression_bomb_is_refused(tmp_path):
 def test_wrong_workdir_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match='config.json'):
     bgmat.Remover.from_workdir(str(tmp_path))
+
+
+def _read(path):
+  with Image.open(path) as img:
+    return img.format, img.mode, np.asarray(img)
+
+
+@pytest.fixture(scope='module')
+def loaded_remover(matting_workdir):
+  return bgmat.Remover.from_workdir(matting_workdir)
+
+
+def test_formats_and_backgrounds(loaded_remover, matting_workdir, tmp_path):
+  photo = _photo(tmp_path / 'p.png', (45, 30))
+  rgb = np.asarray(Image.open(photo).convert('RGB'))
+  backdrop = _photo(tmp_path / 'backdrop.jpg', (20, 90))
+  for fmt, bg in [('rgba', None), ('alpha', None), ('foreground', None),
+                  ('composite', '#00ff00')]:
+    summary = remover_lib.process_inputs(loaded_remover, [photo], str(tmp_path / fmt),
+                                         format=fmt, bg=bg)
+    assert len(summary.written) == 1 and not summary.failures
+  # The CLI's wiring: a photo background, written as JPEG.
+  assert cli.main(['remove', photo, '-o', str(tmp_path / 'photo'), '--workdir',
+                   matting_workdir, '--format', 'composite', '--bg', backdrop]) == 0
+  fmt, mode, alpha = _read(tmp_path / 'alpha' / 'p.png')
+  assert (fmt, mode, alpha.shape) == ('PNG', 'L', (30, 45))
+  fmt, mode, rgba = _read(tmp_path / 'rgba' / 'p.png')
+  assert (fmt, mode) == ('PNG', 'RGBA')
+  np.testing.assert_array_equal(rgba[..., 3], alpha)
+  fmt, mode, fg = _read(tmp_path / 'foreground' / 'p.png')
+  assert (fmt, mode, fg.shape) == ('PNG', 'RGB', (30, 45, 3))
+  np.testing.assert_array_equal(rgba[..., :3], fg)  # Both blur fusion by default.
+  assert np.abs(fg.astype(int) - rgb).max() > 0  # Soft pixels got new colours.
+  fmt, _, comp = _read(tmp_path / 'composite' / 'p.jpg')
+  assert fmt == 'JPEG' and comp.shape == (30, 45, 3)
+  a = alpha[..., None] / 255.0
+  want = a * fg / 255.0 + (1 - a) * np.array([0.0, 1.0, 0.0])
+  assert np.abs(comp / 255.0 - want).mean() < 0.03  # JPEG tolerance.
+  fmt, _, comp_photo = _read(tmp_path / 'photo' / 'p.jpg')
+  assert fmt == 'JPEG' and comp_photo.shape == (30, 45, 3)
+  assert np.abs(comp_photo.astype(int) - comp).mean() > 5  # A photo, not green.
+
+
+def test_python_cutout_and_foreground_methods(loaded_remover):
+  image = np.random.default_rng(2).integers(0, 256, size=(24, 30, 3), dtype=np.uint8)
+  remover = loaded_remover
+  alpha = remover.alpha(image)
+  raw = remover(image)
+  np.testing.assert_array_equal(raw[..., :3], image)  # Default: the photo's colours.
+  for method in ('blur_fusion', 'multilevel'):
+    rgba = remover.cutout(image, format='rgba', foreground_method=method)
+    np.testing.assert_array_equal(rgba[..., 3], np.round(alpha * 255).astype(np.uint8))
+    assert rgba.shape == (24, 30, 4) and not np.array_equal(rgba[..., :3], image)
+  white = remover.cutout(image, format='composite', bg='white', foreground_method='none')
+  want = alpha[..., None] * image + (1 - alpha[..., None]) * 255.0
+  assert np.abs(white.astype(float) - want).max() <= 0.5 + 1e-3
+  with pytest.raises(ValueError, match='neither an image file nor a colour'):
+    remover.cutout(image, format='composite', bg='not-a-colour')
+  with pytest.raises(ValueError, match='Unknown format'):
+    remover.cutout(image, format='gif')
+
+
+def test_folders_globs_and_skip_existing(loaded_remover, matting_workdir, tmp_path, capsys):
+  src = tmp_path / 'src'
+  (src / 'a').mkdir(parents=True)
+  (src / 'b').mkdir()
+  _photo(src / 'top.png', (20, 20))
+  _photo(src / 'a' / 'same.png', (20, 24))
+  _photo(src / 'b' / 'same.jpg', (24, 20))
+  (src / 'notes.txt').write_text('not an image, not picked up')
+  out = tmp_path / 'out'
+  run = lambda *inputs, **kw: remover_lib.process_inputs(
+      loaded_remover, [str(i) for i in inputs], str(out), format='alpha', **kw)
+  listing = lambda d: sorted(p.relative_to(d).as_posix() for p in d.rglob('*.png'))
+  assert len(run(src).written) == 1 and listing(out) == ['top.png']
+  assert len(run(src, recursive=True).written) == 3
+  assert listing(out) == ['a/same.png', 'b/same.png', 'top.png']
+  assert _read(out / 'b' / 'same.png')[2].shape == (20, 24)
+  # Globs use base names; two matches with one name both survive.
+  glob_out = tmp_path / 'glob_out'
+  remover_lib.process_inputs(loaded_remover, [str(src / '*' / 'same.*')], str(glob_out),
+                             format='alpha')
+  assert listing(glob_out) == ['same-2.png', 'same.png']
+  # --skip-existing leaves outputs alone (through the CLI); the default overwrites them.
+  marker = np.zeros((20, 20), np.uint8)
+  Image.fromarray(marker).save(out / 'top.png')
+  capsys.readouterr()
+  assert cli.main(['remove', str(src), '--recursive', '--skip-existing', '-o', str(out),
+                   '--workdir', matting_workdir, '--format', 'alpha']) == 0
+  assert '0 written' in capsys.readouterr().out
+  np.testing.assert_array_equal(_read(out / 'top.png')[2], marker)
+  assert run(src / 'top.png').written
+  assert not np.array_equal(_read(out / 'top.png')[2], marker)
+  # A pattern without matches and an empty folder are failures; the rest is written.
+  (tmp_path / 'empty').mkdir()
+  summary = run(tmp_path / 'nothing*.png', tmp_path / 'empty', src / 'top.png')
+  assert len(summary.written) == 1
+  assert sorted(os.path.basename(p) for p, _ in summary.failures) == ['empty', 'nothing*.png']
+  assert not [p for p in out.rglob('*') if '.tmp' in p.name]
+
+
+def test_cli_bad_background_is_refused_before_work(matting_workdir, tmp_path, capsys):
+  photo = _photo(tmp_path / 'p.png', (20, 20))
+  out = tmp_path / 'out'
+  assert cli.main(['remove', photo, '-o', str(out), '--workdir', matting_workdir,
+                   '--format', 'composite', '--bg', 'nocolour']) == 2
+  assert 'nocolour' in capsys.readouterr().err and not out.exists()
+
+
+def test_cli_export_gives_same_alpha_as_workdir(matting_workdir, tmp_path):
+  pytest.importorskip('flatbuffers', reason='jax.export serialization needs flatbuffers')
+  model = tmp_path / 'model.bgmat'
+  assert cli.main(['export', '--workdir', matting_workdir, '--out', str(model),
+                   '--platforms', 'cpu']) == 0
+  image = np.random.default_rng(4).integers(0, 256, size=(50, 35, 3), dtype=np.uint8)
+  exported = bgmat.Remover.from_export(str(model))
+  live = bgmat.Remover.from_workdir(matting_workdir)
+  np.testing.assert_allclose(exported.alpha(image), live.alpha(image), atol=1e-5)
+  out = tmp_path / 'out'
+  photo = _photo(tmp_path / 'p.png', (30, 20))
+  assert cli.main(['remove', photo, '-o', str(out), '--model', str(model),
+                   '--format', 'alpha']) == 0
+  np.testing.assert_array_equal(
+      _read(out / 'p.png')[2],
+      np.round(live.alpha(np.asarray(Image.open(photo).convert('RGB'))) * 255).astype(np.uint8))
