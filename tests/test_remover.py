@@ -222,3 +222,30 @@ def test_cli_export_gives_same_alpha_as_workdir(matting_workdir, tmp_path):
   np.testing.assert_array_equal(
       _read(out / 'p.png')[2],
       np.round(live.alpha(np.asarray(Image.open(photo).convert('RGB'))) * 255).astype(np.uint8))
+
+
+def test_load_image_input_kinds(tmp_path):
+  """EXIF rotation, grayscale, palette, 16-bit and RGBA inputs become upright RGB uint8."""
+  rng = np.random.default_rng(3)
+  rgb = rng.integers(0, 256, size=(20, 30, 3), dtype=np.uint8)
+  # EXIF orientation 6 (rotate 90 degrees clockwise to display): stored 20x30, shown 30x20.
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  yy, xx = np.mgrid[:20, :30]
+  smooth = np.stack([yy * 12, xx * 8, 255 - xx * 8], axis=-1).astype(np.uint8)
+  Image.fromarray(smooth).save(tmp_path / 'rotated.jpg', exif=exif, quality=100, subsampling=0)
+  loaded = remover_lib.load_image(str(tmp_path / 'rotated.jpg'))
+  assert loaded.shape == (30, 20, 3)
+  np.testing.assert_allclose(loaded.astype(float), np.rot90(smooth, k=-1).astype(float), atol=6)
+  Image.fromarray(rgb[..., 0]).save(tmp_path / 'gray.png')
+  gray = remover_lib.load_image(str(tmp_path / 'gray.png'))
+  assert gray.shape == (20, 30, 3) and (gray[..., 0] == rgb[..., 0]).all()
+  Image.fromarray(rgb).convert('P').save(tmp_path / 'palette.png')
+  assert remover_lib.load_image(str(tmp_path / 'palette.png')).shape == (20, 30, 3)
+  sixteen = (rgb[..., 0].astype(np.uint16) * 257)
+  Image.fromarray(sixteen).save(tmp_path / 'sixteen.png')
+  deep = remover_lib.load_image(str(tmp_path / 'sixteen.png'))
+  assert deep.dtype == np.uint8 and (deep[..., 0] == rgb[..., 0]).all()
+  rgba = np.concatenate([rgb, np.full((20, 30, 1), 128, np.uint8)], axis=-1)
+  Image.fromarray(rgba).save(tmp_path / 'rgba.png')
+  np.testing.assert_array_equal(remover_lib.load_image(str(tmp_path / 'rgba.png')), rgb)
