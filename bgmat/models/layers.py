@@ -176,6 +176,23 @@ class DepthwiseConv2D(nn.Module):
                           dilation=self.dilation, padding=pad, impl=self.depthwise_impl)
 
 
+def _pointwise(module, x):
+  """1x1 conv as a `dot_general` (fast on XLA:CPU); kernel `(1, 1, C_in, C_out)`.
+
+  Shared by `Conv1x1` and `Conv2D` (k == 1); creates the params in `module`.
+  """
+  c = x.shape[-1]
+  kernel = module.param('kernel', module.kernel_init, (1, 1, c, module.features), module.param_dtype)
+  if module.stride > 1:
+    x = x[:, ::module.stride, ::module.stride, :]
+  x = x.astype(module.dtype)
+  y = lax.dot_general(x, kernel[0, 0].astype(module.dtype), (((x.ndim - 1,), (0,)), ((), ())))
+  if module.use_bias:
+    bias = module.param('bias', module.bias_init, (module.features,), module.param_dtype)
+    y = y + bias.astype(module.dtype)
+  return y
+
+
 class Conv1x1(nn.Module):
   """1x1 conv as a dot over channels; kernel `(1, 1, C_in, C_out)`, optional bias."""
   features: int
@@ -188,16 +205,7 @@ class Conv1x1(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    c = x.shape[-1]
-    kernel = self.param('kernel', self.kernel_init, (1, 1, c, self.features), self.param_dtype)
-    if self.stride > 1:
-      x = x[:, ::self.stride, ::self.stride, :]
-    x = x.astype(self.dtype)
-    y = lax.dot_general(x, kernel[0, 0].astype(self.dtype), (((x.ndim - 1,), (0,)), ((), ())))
-    if self.use_bias:
-      bias = self.param('bias', self.bias_init, (self.features,), self.param_dtype)
-      y = y + bias.astype(self.dtype)
-    return y
+    return _pointwise(self, x)
 
 
 class Conv2D(nn.Module):
@@ -235,16 +243,7 @@ class Conv2D(nn.Module):
     return y
 
   def _conv1x1(self, x):
-    c = x.shape[-1]
-    kernel = self.param('kernel', self.kernel_init, (1, 1, c, self.features), self.param_dtype)
-    if self.stride > 1:
-      x = x[:, ::self.stride, ::self.stride, :]
-    x = x.astype(self.dtype)
-    y = lax.dot_general(x, kernel[0, 0].astype(self.dtype), (((x.ndim - 1,), (0,)), ((), ())))
-    if self.use_bias:
-      bias = self.param('bias', self.bias_init, (self.features,), self.param_dtype)
-      y = y + bias.astype(self.dtype)
-    return y
+    return _pointwise(self, x)
 
 
 def batch_norm(train: bool, eps: float, momentum: float, dtype, param_dtype, name: str):
