@@ -1,7 +1,7 @@
 r"""Images/s of bgmat's jitted train steps on this machine's devices.
 
-  python bench/train_step.py --preset demo        # tiny models, 128 px (CPU)
-  python bench/train_step.py --preset full        # Xception-65 / r34 at 512 px (GPU)
+  python -m bench.train_step --preset demo        # tiny models, 128 px (CPU)
+  python -m bench.train_step --preset full        # Xception-65 / r34 at 512 px (GPU)
 
 Prints one table row per stage with the device named. The PyTorch peer
 comparison and MFU columns belong to the benchmark issue and are not here yet.
@@ -23,16 +23,9 @@ import configs.preseg as preseg_configs
 
 def _bench(config, steps: int) -> tuple[float, float]:
   mesh = sharding.create_mesh(config.mesh)
-  model = train.build_model(config.model)
-  tx = train.make_optimizer(config.opt, config.num_train_steps)
-  disc = disc_tx = None
-  if config.stage == 'matting':
-    disc = train.build_model(config.disc)
-    disc_tx = train.make_optimizer(config.disc_opt, config.num_train_steps)
-  init_fn = functools.partial(train.init_state, config=config, model=model, tx=tx,
-                              disc=disc, disc_tx=disc_tx)
+  model, tx, disc, disc_tx = train.build_networks(config)
   rng = jax.random.key(0, impl=config.rng_impl)
-  shardings = sharding.state_shardings(mesh, jax.eval_shape(init_fn, rng))
+  init_fn, _, shardings = train.sharded_init(config, mesh, (model, tx, disc, disc_tx), rng)
   state = jax.jit(init_fn, out_shardings=shardings)(rng)
   size, n = config.image_size, config.batch_size
   data_rng = np.random.default_rng(0)

@@ -61,6 +61,28 @@ def make_optimizer(opt_config, total_steps: int) -> optax.GradientTransformation
                   weight_decay=opt_config.weight_decay))
 
 
+def build_networks(config):
+  """(model, tx, disc, disc_tx) of a stage; disc and disc_tx are None unless
+  the matting stage is adversarial."""
+  model = build_model(config.model)
+  tx = make_optimizer(config.opt, config.num_train_steps)
+  disc = disc_tx = None
+  if config.stage == 'matting' and config.adv.weight > 0:
+    disc = build_model(config.disc)
+    disc_tx = make_optimizer(config.disc_opt, config.num_train_steps)
+  return model, tx, disc, disc_tx
+
+
+def sharded_init(config, mesh, networks, rng):
+  """(init_fn, abstract_state, shardings): jit `init_fn` with out_shardings,
+  so parameters are never materialised unsharded."""
+  model, tx, disc, disc_tx = networks
+  init_fn = functools.partial(init_state, config=config, model=model, tx=tx,
+                              disc=disc, disc_tx=disc_tx)
+  abstract_state = jax.eval_shape(init_fn, rng)
+  return init_fn, abstract_state, sharding.state_shardings(mesh, abstract_state)
+
+
 def load_frozen_preseg(preseg_workdir: str):
   """(module, variables) of a trained stage-1 run, from its workdir."""
   with open(os.path.join(preseg_workdir, 'config.json'), encoding='utf-8') as f:
@@ -241,25 +263,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_iter = iter(train_ds)
 
   # Models.
-  model = build_model(config.model)
   total_steps = config.num_train_steps
-  tx = make_optimizer(config.opt, total_steps)
-  disc = disc_tx = None
+  model, tx, disc, disc_tx = build_networks(config)
   preseg_model = preseg_vars = None
   if config.stage == 'matting':
-    if config.adv.weight > 0:
-      disc = build_model(config.disc)
-      disc_tx = make_optimizer(config.disc_opt, total_steps)
     preseg_model, preseg_vars = load_frozen_preseg(resolve_preseg_workdir(config, workdir))
     preseg_vars = jax.device_put(preseg_vars, sharding.replicated(mesh))
 
   # Sharding: parameters replicated, never materialised unsharded.
-  init_fn = functools.partial(init_state, config=config, model=model, tx=tx,
-                              disc=disc, disc_tx=disc_tx)
   rng = jax.random.key(config.seed, impl=config.get('rng_impl', 'threefry2x32'))
   init_rng, train_rng = jax.random.split(rng)
-  abstract_state = jax.eval_shape(init_fn, init_rng)
-  state_shardings = sharding.state_shardings(mesh, abstract_state)
+  init_fn, abstract_state, state_shardings = sharded_init(
+      config, mesh, (model, tx, disc, disc_tx), init_rng)
   data_sharding = sharding.batch_sharding(mesh)
 
   # Checkpoint: resume from the workdir, else init.

@@ -26,17 +26,9 @@ def _batch(config, tiny_data):
 def _run_step(config, batch, devices):
   """One jitted step over a mesh of `devices`; returns (state, metrics) on host."""
   mesh = sharding.create_mesh([('data', -1)], devices)
-  model = train.build_model(config.model)
-  tx = train.make_optimizer(config.opt, config.num_train_steps)
-  disc = disc_tx = None
-  if config.stage == 'matting' and config.adv.weight > 0:
-    disc = train.build_model(config.disc)
-    disc_tx = train.make_optimizer(config.disc_opt, config.num_train_steps)
-  init_fn = functools.partial(train.init_state, config=config, model=model, tx=tx,
-                              disc=disc, disc_tx=disc_tx)
+  model, tx, disc, disc_tx = train.build_networks(config)
   rng = jax.random.key(0, impl=config.rng_impl)
-  abstract = jax.eval_shape(init_fn, rng)
-  shardings = sharding.state_shardings(mesh, abstract)
+  init_fn, _, shardings = train.sharded_init(config, mesh, (model, tx, disc, disc_tx), rng)
   state = jax.jit(init_fn, out_shardings=shardings)(rng)
   if config.stage == 'preseg':
     step = functools.partial(train.preseg_step, model=model, tx=tx, config=config)
@@ -113,7 +105,6 @@ def test_init_from_converted_encoder(tmp_path):
   """config.init_from grafts converted encoder weights; the head stays as initialised."""
   from bgmat import convert  # pylint: disable=g-import-not-at-top
   config = preseg_configs.get_config('tiny')
-  model = train.build_model(config.model)
   encoder = train.models.get_model('xception_tiny', num_classes=10)
   shapes = jax.eval_shape(lambda: encoder.init(
       jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32)))
@@ -123,10 +114,8 @@ def test_init_from_converted_encoder(tmp_path):
   convert.save_variables(pretrained, tmp_path / 'enc', meta={'arch': 'xception_tiny'})
 
   mesh = sharding.create_mesh([('data', -1)])
-  tx = train.make_optimizer(config.opt, 4)
-  init_fn = functools.partial(train.init_state, config=config, model=model, tx=tx)
   key = jax.random.key(0, impl=config.rng_impl)
-  shardings = sharding.state_shardings(mesh, jax.eval_shape(init_fn, key))
+  init_fn, _, shardings = train.sharded_init(config, mesh, train.build_networks(config), key)
   state = jax.jit(init_fn, out_shardings=shardings)(key)
   grafted = train._init_encoder_from(state, str(tmp_path / 'enc'), shardings)  # pylint: disable=protected-access
   host = sharding.to_host(grafted)
