@@ -1,0 +1,100 @@
+"""The build report: one JSON line per skipped, converted or dropped input file.
+
+  report = Report()
+  report.add('/data/fg/x.png', 'unreadable', 'image file is truncated')
+  report.add('/data/fg/y.jpg', 'cmyk', 'CMYK converted to RGB', action='converted')
+  report.write('build_report.jsonl')    # atomic: a reader sees all of it or none
+
+Each line is {"file", "reason", "detail", "action"} (+ "split" when known);
+`action` is 'skipped' (the file or pair is not in the data set), 'converted'
+(it is, after the conversion named in `reason`) or 'dropped' (readable, but
+the quality filter refused it). The last line is a summary,
+{"summary": {"skipped": n, "converted": n, "dropped": n, "examples": {...}}}.
+"""
+
+import collections
+import json
+import os
+import tempfile
+from typing import Any, Iterable
+
+ACTIONS = ('skipped', 'converted', 'dropped')
+
+
+class Report:
+  """Collects report entries in the order they arrive; exact repeats are kept once
+  (a bad background file chosen by several foregrounds is one line)."""
+
+  def __init__(self):
+    self._entries: list[dict[str, Any]] = []
+    self._seen: set[tuple] = set()
+    self.examples: dict[str, int] = {}  # split -> records written
+
+  def add(self, file: str, reason: str, detail: str, action: str = 'skipped',
+          split: str | None = None) -> None:
+    if action not in ACTIONS:
+      raise ValueError(f'Unknown report action {action!r}; known: {ACTIONS}')
+    entry = {'file': str(file), 'reason': reason, 'detail': detail, 'action': action}
+    if split is not None:
+      entry['split'] = split
+    key = tuple(sorted(entry.items()))
+    if key not in self._seen:
+      self._seen.add(key)
+      self._entries.append(entry)
+
+  def extend(self, entries: Iterable[dict[str, Any]]) -> None:
+    for entry in entries:
+      self.add(**entry)
+
+  @property
+  def entries(self) -> list[dict[str, Any]]:
+    return list(self._entries)
+
+  def summary(self) -> dict[str, Any]:
+    counts = collections.Counter(entry['action'] for entry in self._entries)
+    return {**{action: counts.get(action, 0) for action in ACTIONS},
+            'examples': dict(self.examples)}
+
+  def write(self, path: str) -> str:
+    """Writes the entries and a summary line to `path` atomically; returns the path."""
+    lines = [json.dumps(entry, ensure_ascii=False) for entry in self._entries]
+    lines.append(json.dumps({'summary': self.summary()}))
+    write_text_atomic(path, '\n'.join(lines) + '\n')
+    return path
+
+
+def write_text_atomic(path: str, text: str) -> None:
+  """Writes `text` to a temporary file beside `path`, then renames it onto `path`."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  handle, tmp_path = tempfile.mkstemp(prefix='.tmp-', dir=directory)
+  try:
+    with os.fdopen(handle, 'w', encoding='utf-8') as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp_path, path)
+  except BaseException:
+    if os.path.exists(tmp_path):
+      os.unlink(tmp_path)
+    raise
+
+
+def read_report(path: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+  """(entries, summary) of a report written by `Report.write`."""
+  entries, summary = [], None
+  with open(path, encoding='utf-8') as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        item = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f'{path}:{number}: not a JSON line ({e})') from e
+      if 'summary' in item:
+        summary = item['summary']
+      else:
+        entries.append(item)
+  if summary is None:
+    raise ValueError(f'{path}: no summary line; the report is incomplete')
+  return entries, summary
