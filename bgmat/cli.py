@@ -4,13 +4,21 @@
       [--format rgba|alpha|foreground|composite] [--bg COLOR|IMAGE]
       [--foreground-method blur_fusion|multilevel|none] [--recursive]
       [--skip-existing | --overwrite] [--save-alpha] [--size N]
+      [--batch-size N] [--max-side N] [--bucket-sides 256,512,...] [--quiet]
   bgmat export --workdir RUNS/matting --out FILE [--platforms cpu,cuda] [--size N]
+      [--bucket-sides 256,512,...]
   bgmat demo [--out DIR]
 
 Formats: rgba (PNG, default), alpha (greyscale PNG), foreground (RGB PNG of
 the estimated foreground colours), composite (JPEG over --bg: a colour such as
 white or '#00ff00', or a photo, resized to cover). Outputs are OUTDIR/<name>;
 images found in a folder keep their path relative to that folder.
+
+Resolution: the pre-segmentation runs at the working size (--size, default
+the training size); the matting at the photo's own size (at most --max-side),
+padded to a shape bucket (long side in --bucket-sides x aspect 9:16, 3:4, 1:1)
+so each bucket compiles once; photos above the largest bucket are matted in
+overlapping tiles. --batch-size photos of one bucket run together.
 """
 
 import argparse
@@ -27,14 +35,17 @@ def _remove(args) -> int:
       return 2
   else:
     bg = args.bg
+  options = dict(buckets=_buckets(args.bucket_sides), max_side=args.max_side)
   if args.model:
-    remover = remove.Remover.from_export(args.model)
+    remover = remove.Remover.from_export(args.model, **options)
   else:
-    remover = remove.Remover.from_workdir(args.workdir, working_size=args.size)
+    remover = remove.Remover.from_workdir(args.workdir, working_size=args.size, **options)
   summary = remove.process_inputs(
       remover, args.inputs, args.output, format=args.format, bg=bg,
       foreground_method=args.foreground_method, recursive=args.recursive,
-      skip_existing=args.skip_existing, save_alpha=args.save_alpha)
+      skip_existing=args.skip_existing, save_alpha=args.save_alpha,
+      batch_size=args.batch_size, workers=args.workers,
+      progress=False if args.quiet else None, log_written=not args.quiet)
   skipped = f', {len(summary.skipped)} skipped (exist)' if summary.skipped else ''
   print(f'{len(summary.written)} written to {args.output}{skipped}, '
         f'{len(summary.failures)} failed')
@@ -47,10 +58,40 @@ def _export(args) -> int:
   from bgmat import export  # pylint: disable=g-import-not-at-top
   platforms = tuple(p.strip() for p in args.platforms.split(',') if p.strip())
   header = export.export_workdir(args.workdir, args.out, working_size=args.size,
-                                 platforms=platforms)
-  print(f'{args.out}: working size {header["working_size"]}, platforms '
-        f'{",".join(header["platforms"])}')
+                                 platforms=platforms, buckets=_buckets(args.bucket_sides))
+  print(f'{args.out}: working size {header["working_size"]}, '
+        f'{len(header["bucket_shapes"])} matting buckets up to '
+        f'{header["buckets"]["long_sides"][-1]} px, platforms {",".join(header["platforms"])}')
   return 0
+
+
+def _buckets(sides: str | None):
+  from bgmat import resolution  # pylint: disable=g-import-not-at-top
+  if not sides:
+    return None
+  return resolution.Buckets(
+      long_sides=tuple(sorted(int(s) for s in sides.split(',') if s.strip())))
+
+
+def _sides(text: str) -> str:
+  """argparse type of --bucket-sides: positive multiples of 32, comma separated."""
+  try:
+    sides = [int(s) for s in text.split(',') if s.strip()]
+  except ValueError:
+    sides = []
+  if not sides or any(s <= 0 or s % 32 for s in sides):
+    raise argparse.ArgumentTypeError(f'{text!r}: expected multiples of 32 such as 512,1024,2048')
+  return text
+
+
+def _positive(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    value = 0
+  if value < 1:
+    raise argparse.ArgumentTypeError(f'{text!r}: expected a positive integer')
+  return value
 
 
 def _demo(args) -> int:
@@ -85,12 +126,25 @@ def main(argv=None) -> int:
   p.add_argument('--save-alpha', action='store_true', help='Also write <stem>_alpha.png.')
   p.add_argument('--size', type=int, default=None,
                  help='Working size (default: training size; not with --model).')
+  p.add_argument('--batch-size', '--batch_size', type=_positive, default=1,
+                 help='Photos of one bucket matted together (default 1).')
+  p.add_argument('--max-side', '--max_side', type=_positive, default=None,
+                 help='Cap on the matting long side; the alpha is resized back.')
+  p.add_argument('--bucket-sides', '--bucket_sides', type=_sides, default=None,
+                 help='Long sides of the matting shape buckets (default '
+                 '256,512,768,1024,1536,2048; larger photos are tiled).')
+  p.add_argument('--workers', type=_positive, default=2, help='Decoding threads.')
+  p.add_argument('-q', '--quiet', action='store_true',
+                 help='No progress bar and no per-photo lines (errors still shown).')
   p.set_defaults(fn=_remove)
   p = sub.add_parser('export', help='Write a trained run as one self-contained file.')
   p.add_argument('--workdir', required=True, help='A trained matting run.')
   p.add_argument('--out', required=True, help='The file to write.')
   p.add_argument('--platforms', default='cpu,cuda', help='Comma separated (cpu, cuda, tpu).')
   p.add_argument('--size', type=int, default=None, help='Working size (default: training).')
+  p.add_argument('--bucket-sides', '--bucket_sides', type=_sides, default=None,
+                 help='Default matting buckets named in the file (the model itself '
+                 'takes any multiple of 32).')
   p.set_defaults(fn=_export)
   p = sub.add_parser('demo', help='Build data, train both stages, evaluate, cut out a photo.')
   p.add_argument('--out', default='demo_out', help='Where everything goes.')

@@ -6,27 +6,34 @@
   alpha = remover.alpha(image)   # (H, W) float32 in [0, 1]
   out = remover.cutout(image, format='composite', bg='white')   # see FORMATS
 
-Both stages run at a fixed working size (the photo letterboxed into a square,
-so one compiled shape serves every photo), and the alpha is resized back to
-the photo's own size.
+The pre-segmentation runs at a fixed working size (the photo letterboxed into
+a square); the matting generator at up to the photo's own size, padded to a
+shape bucket (`bgmat.resolution`), in tiles above the largest bucket.
+`process_inputs` (behind `bgmat remove`) decodes photos in a thread pool while
+the device runs, batches photos of one bucket and shows a progress bar.
 """
 
+import collections
+import concurrent.futures
 import dataclasses
+import functools
 import glob
 import json
 import os
+import sys
 from typing import Any, Sequence
 import warnings
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from PIL import Image
 from PIL import ImageColor
 from PIL import ImageOps
+import tqdm
 
 from bgmat import foreground
+from bgmat import resolution
 
 # Photos larger than this are refused as possible decompression bombs.
 MAX_PIXELS = 100_000_000
@@ -62,38 +69,73 @@ def load_image(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     raise InputError(f'{path}: not a readable image ({type(e).__name__}: {e})') from e
 
 
-def _letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int]]:
-  """Resizes the long side to `size` and pads (edge values) to size x size."""
-  height, width = image.shape[:2]
-  scale = size / max(height, width)
-  new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
-  resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
-  padded = np.pad(resized, ((0, size - new_h), (0, size - new_w), (0, 0)), mode='edge')
-  return padded, (new_h, new_w)
-
-
 class Remover:
-  """Pre-segmentation + matting models with their weights, ready to run."""
+  """Pre-segmentation + matting models with their weights, ready to run.
+
+  The pre-segmentation runs at `working_size` (the photo letterboxed into a
+  square, one compiled shape). The matting generator runs at (up to) the
+  photo's own size, its prior being the pre-segmentation upsampled to that
+  size, padded to a shape bucket (`bgmat.resolution`): one compiled function
+  per bucket and batch size, counted in `compiles`. Photos above the largest
+  bucket are matted in overlapping, feathered tiles; `max_side` caps the
+  matting size (the alpha is then resized back).
+
+  The generator was trained on crops whose prior is the pre-segmentation of
+  that same crop, image and prior at one resolution (`train.matting_step`).
+  Here it sees the photo at a higher resolution than in training, the prior
+  upsampled from the working size: this is how matting refiners are used. The
+  network is fully convolutional and refines the prior's edges from local
+  image evidence; the global decision (what is foreground) is the prior's.
+  """
 
   def __init__(self, matting_model, matting_vars, preseg_model, preseg_vars,
-               working_size: int):
-    self.working_size = working_size
-    self._matting_vars = jax.device_put(matting_vars)
-    self._preseg_vars = jax.device_put(preseg_vars)
+               working_size: int, *, buckets: resolution.Buckets | None = None,
+               max_side: int | None = None, tile_overlap: int | None = None):
+    matting_vars = jax.device_put(matting_vars)
+    preseg_vars = jax.device_put(preseg_vars)
 
-    def predict(matting_vars, preseg_vars, image):
-      prior = jax.nn.sigmoid(preseg_model.apply(preseg_vars, image, train=False))
-      return matting_model.apply(matting_vars, image, prior, train=False), prior
+    def preseg_apply(variables, image):
+      return jax.nn.sigmoid(preseg_model.apply(variables, image, train=False))
 
-    self._predict = jax.jit(predict)
+    def matting_apply(variables, image, prior):
+      return matting_model.apply(variables, image, prior, train=False)
 
-  def batch_fn(self, image: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(B, S, S, 3) float32 in [0, 1] -> (alpha, preseg), each (B, S, S, 1); S = working_size."""
-    return self._predict(self._matting_vars, self._preseg_vars, image)
+    # Closures over the weights, for `bgmat export` (weights become constants).
+    self.preseg_fn = functools.partial(preseg_apply, preseg_vars)
+    self.matting_fn = functools.partial(matting_apply, matting_vars)
+    self._setup(working_size, buckets, max_side, tile_overlap)
+    # Weights as arguments, not constants, so each bucket compiles quickly.
+    preseg_jit = jax.jit(self._counted('preseg', preseg_apply))
+    matting_jit = jax.jit(self._counted('matting', matting_apply))
+    self._preseg_call = functools.partial(preseg_jit, preseg_vars)
+    self._matting_call = functools.partial(matting_jit, matting_vars)
+
+  def _setup(self, working_size, buckets, max_side, tile_overlap):
+    self.working_size = int(working_size)
+    self.buckets = buckets or resolution.Buckets()
+    self.max_side = max_side
+    if max_side is not None and max_side < 1:
+      raise ValueError(f'max_side must be positive, got {max_side}')
+    self.tile_overlap = (tile_overlap if tile_overlap is not None
+                         else max(self.buckets.max_side // 8, self.buckets.stride))
+    # (function, input shape) -> times traced; jit traces once per new shape,
+    # so this counts compilations (tests assert one per bucket).
+    self.compiles = collections.Counter()
+
+  def _counted(self, name, fn):
+    def traced(*args):
+      shape = next(a.shape for a in args if hasattr(a, 'shape'))
+      self.compiles[(name, tuple(shape))] += 1
+      return fn(*args)
+    return traced
 
   @classmethod
-  def from_workdir(cls, workdir: str, working_size: int | None = None) -> 'Remover':
-    """Loads a matting stage's workdir (and the stage-1 run it names)."""
+  def from_workdir(cls, workdir: str, working_size: int | None = None,
+                   **kwargs) -> 'Remover':
+    """Loads a matting stage's workdir (and the stage-1 run it names).
+
+    `kwargs`: buckets, max_side, tile_overlap (see the class docstring).
+    """
     # Training code is imported here only, so `from_export` does not need it.
     from bgmat import checkpointing  # pylint: disable=g-import-not-at-top
     from bgmat import train  # pylint: disable=g-import-not-at-top
@@ -111,39 +153,111 @@ class Remover:
     preseg_model, preseg_vars = train.load_frozen_preseg(
         train.resolve_preseg_workdir(config, workdir))
     return cls(train.build_model(config.model), matting_vars, preseg_model, preseg_vars,
-               working_size or config.image_size)
+               working_size or config.image_size, **kwargs)
 
   @classmethod
-  def from_export(cls, path: str) -> 'Remover':
-    """Loads a `bgmat export` file: no configs, checkpoints or model code needed."""
+  def from_export(cls, path: str, buckets: resolution.Buckets | None = None,
+                  max_side: int | None = None, tile_overlap: int | None = None
+                  ) -> 'Remover':
+    """Loads a `bgmat export` file: no configs, checkpoints or model code needed.
+
+    The matting function's sides are symbolic, so any bucket set works; the
+    default is the one in the file's header.
+    """
     from bgmat import export  # pylint: disable=g-import-not-at-top
-    header, exported = export.read_export(path)
+    header, functions = export.read_export(path)
     backend = jax.default_backend()
     # JAX names the GPU backend 'gpu'; exports name the platform ('cuda' or 'rocm').
-    if not set({'gpu': ('cuda', 'rocm')}.get(backend, (backend,))) & set(exported.platforms):
-      raise ValueError(f'{path} was exported for {list(exported.platforms)}, not for '
-                       f'{backend!r}; re-export with --platforms including it')
+    wanted = set({'gpu': ('cuda', 'rocm')}.get(backend, (backend,)))
+    for exported in functions.values():
+      if not wanted & set(exported.platforms):
+        raise ValueError(f'{path} was exported for {list(exported.platforms)}, not for '
+                         f'{backend!r}; re-export with --platforms including it')
     remover = cls.__new__(cls)
-    remover.working_size = int(header['working_size'])
-    call = jax.jit(exported.call)
-    remover.batch_fn = lambda image: tuple(call(image))
+    remover._setup(header['working_size'],
+                   buckets or resolution.Buckets.from_json(header['buckets']),
+                   max_side, tile_overlap)
+    if remover.buckets.stride % resolution.STRIDE:
+      raise ValueError(f'bucket stride must be a multiple of {resolution.STRIDE}')
+    remover.preseg_fn = functions['preseg'].call
+    remover.matting_fn = functions['matting'].call
+    remover._preseg_call = jax.jit(remover._counted('preseg', functions['preseg'].call))
+    remover._matting_call = jax.jit(remover._counted('matting', functions['matting'].call))
     return remover
+
+  def _presegment(self, images: Sequence[np.ndarray], batch_size: int) -> list[np.ndarray]:
+    """Pre-segmentation of each photo at the working size: [(h, w) float32], h, w <= S."""
+    priors = []
+    for start in range(0, len(images), batch_size):
+      boxed = [resolution.letterbox(image, self.working_size)
+               for image in images[start:start + batch_size]]
+      batch = resolution.pad_batch(np.stack([b for b, _ in boxed]), batch_size)
+      probs = np.asarray(self._preseg_call(batch.astype(np.float32) / 255.0))
+      priors += [prob[:h, :w, 0] for prob, (_, (h, w)) in zip(probs, boxed)]
+    return priors
+
+  def predict_batch(self, images: Sequence[np.ndarray], batch_size: int = 1,
+                    with_preseg: bool = True) -> list[dict[str, np.ndarray]]:
+    """[(H, W, 3) uint8] -> [{'alpha'[, 'preseg']}: (H, W) float32 in [0, 1]], same order.
+
+    Photos (or tiles) of one bucket run together, `batch_size` at a time; a
+    short batch is padded to `batch_size` so each bucket compiles once.
+    """
+    priors = self._presegment(images, batch_size)
+    # Jobs: (photo index, bucket, image crop (h, w, 3) uint8, prior crop (h, w), where).
+    jobs, sums = [], {}
+    for index, (image, prior) in enumerate(zip(images, priors)):
+      p = resolution.plan(*image.shape[:2], self.buckets, self.max_side)
+      if p.size != image.shape[:2]:
+        image = np.asarray(Image.fromarray(image).resize(p.size[::-1], Image.BILINEAR))
+      prior = resolution.resize(prior, p.size)
+      if p.bucket is not None:
+        jobs.append((index, p.bucket, image, prior, None))
+        continue
+      sums[index] = (np.zeros(p.size, np.float32), np.zeros(p.size, np.float32))
+      for rows, cols, weights in resolution.tiles(*p.size, p.tile, self.tile_overlap):
+        jobs.append((index, p.tile, image[rows, cols], prior[rows, cols], (rows, cols, weights)))
+    alphas = {}
+    by_bucket = collections.defaultdict(list)
+    for job in jobs:
+      by_bucket[job[1]].append(job)
+    for (height, width), group in by_bucket.items():
+      for start in range(0, len(group), batch_size):
+        chunk = group[start:start + batch_size]
+        image_batch = np.stack([resolution.pad_to(j[2], height, width) for j in chunk])
+        prior_batch = np.stack([resolution.pad_to(j[3], height, width) for j in chunk])
+        out = np.asarray(self._matting_call(
+            resolution.pad_batch(image_batch, batch_size).astype(np.float32) / 255.0,
+            resolution.pad_batch(prior_batch, batch_size)[..., None]))
+        for (index, _, image, _, where), alpha in zip(chunk, out):
+          alpha = alpha[:image.shape[0], :image.shape[1], 0]
+          if where is None:
+            alphas[index] = alpha
+          else:  # Feathered blend: sum(w * alpha) / sum(w) over the tiles.
+            rows, cols, weights = where
+            sums[index][0][rows, cols] += weights * alpha
+            sums[index][1][rows, cols] += weights
+    for index, (total, weight) in sums.items():
+      alphas[index] = total / weight
+    results = []
+    for index, image in enumerate(images):
+      size = image.shape[:2]
+      alpha = alphas.pop(index)
+      if alpha.shape != size:  # Matted below the photo's size (max_side).
+        alpha = resolution.resize(alpha, size)
+      result = {'alpha': np.clip(alpha, 0.0, 1.0)}
+      if with_preseg:
+        result['preseg'] = np.clip(resolution.resize(priors[index], size), 0.0, 1.0)
+      results.append(result)
+    return results
 
   def predict(self, image: np.ndarray) -> dict[str, np.ndarray]:
     """(H, W, 3) uint8 -> {'alpha', 'preseg'}: (H, W) float32 in [0, 1]."""
-    height, width = image.shape[:2]
-    boxed, (box_h, box_w) = _letterbox(image, self.working_size)
-    batch = jnp.asarray(boxed[None], jnp.float32) / 255.0
-    alpha, prior = self.batch_fn(batch)
-    out = {}
-    for key, value in (('alpha', alpha), ('preseg', prior)):
-      small = np.asarray(value[0, :box_h, :box_w, 0], np.float32)
-      full = Image.fromarray(small, mode='F').resize((width, height), Image.BILINEAR)
-      out[key] = np.clip(np.asarray(full), 0.0, 1.0)
-    return out
+    return self.predict_batch([image])[0]
 
   def alpha(self, image: Any) -> np.ndarray:
-    return self.predict(_as_rgb_array(image))['alpha']
+    """(H, W) float32 alpha in [0, 1] of an (H, W, 3) image (numpy or PIL)."""
+    return self.predict_batch([_as_rgb_array(image)], with_preseg=False)[0]['alpha']
 
   def __call__(self, image: Any, foreground_method: str = 'none'):
     """RGBA cut-out: numpy in -> (H, W, 4) uint8 numpy out; PIL in -> PIL out.
@@ -308,15 +422,50 @@ class Summary:
   failures: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
 
+def _decoded(items: Sequence[tuple], workers: int, in_flight: int):
+  """Yields (item, (H, W, 3) uint8 or InputError) in order for items (path, ...),
+  decoding in `workers` threads with at most `in_flight` photos ahead (bounded memory)."""
+  with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+    pending = collections.deque()
+    for item in items:
+      pending.append((item, pool.submit(load_image, item[0])))
+      if len(pending) >= in_flight:
+        yield _result(*pending.popleft())
+    while pending:
+      yield _result(*pending.popleft())
+
+
+def _result(item, future):
+  try:
+    return item, future.result()
+  except InputError as e:
+    return item, e
+
+
 def process_inputs(remover: Remover, inputs: Sequence[str], out_dir: str, *,
                    format: str = 'rgba',  # pylint: disable=redefined-builtin
                    bg: Any = 'white', foreground_method: str = 'blur_fusion',
                    recursive: bool = False, skip_existing: bool = False,
-                   save_alpha: bool = False, log=print) -> Summary:
+                   save_alpha: bool = False, batch_size: int = 1, workers: int = 2,
+                   progress: bool | None = False, log=print, log_written: bool = True
+                   ) -> Summary:
   """Cuts out every input (files, folders, globs) into `out_dir`; one bad input never
-  stops the others. Outputs: OUT_DIR/<stem>.png (.jpg for composite)."""
+  stops the others. Outputs: OUT_DIR/<stem>.png (.jpg for composite), in input order.
+
+  Photos are decoded by `workers` threads while the device runs; photos of one
+  bucket are matted `batch_size` at a time. A window of W = 2 * max(batch_size, 4)
+  decoded photos is matted together while up to W - 1 more decode, and nothing
+  per photo is kept but its output path, so memory stays flat over any number
+  of photos.
+
+  Args:
+    progress: a tqdm bar (images/s) on stderr; None: only when stderr is a terminal.
+    log: called with one line per event; `log_written=False` keeps only errors.
+  """
   if format not in FORMATS:
     raise ValueError(f'Unknown format {format!r}; known: {list(FORMATS)}')
+  if batch_size < 1:
+    raise ValueError(f'batch_size must be >= 1, got {batch_size}')
   if format == 'composite':
     bg = parse_background(bg)  # Fail before any work; read a photo once.
   planned, failures = expand_inputs(inputs, recursive)
@@ -325,7 +474,11 @@ def process_inputs(remover: Remover, inputs: Sequence[str], out_dir: str, *,
   summary = Summary(failures=list(failures))
   out_dir = os.path.abspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
-  taken = set()
+  bar = tqdm.tqdm(total=len(planned), unit='img', file=sys.stderr, dynamic_ncols=True,
+                  disable=None if progress is None else not progress)
+  if not bar.disable and log is print:
+    log = lambda line: tqdm.tqdm.write(line, file=sys.stdout)  # Keeps the bar intact.
+  todo, taken = [], set()
   for path, rel_stem in planned:
     stem, n = rel_stem, 1
     while stem in taken:  # Two inputs with one name: keep both.
@@ -334,16 +487,14 @@ def process_inputs(remover: Remover, inputs: Sequence[str], out_dir: str, *,
     taken.add(stem)
     target = os.path.join(out_dir, stem + _EXTENSIONS[format])
     if skip_existing and os.path.exists(target):
-      log(f'{path}: {target} exists, skipped')
+      if log_written:
+        log(f'{path}: {target} exists, skipped')
       summary.skipped.append(path)
+      bar.update()
       continue
-    try:
-      rgb = load_image(path)
-    except InputError as e:
-      log(f'error: {e}')
-      summary.failures.append((path, str(e)))
-      continue
-    alpha = remover.alpha(rgb)
+    todo.append((path, stem, target))
+
+  def write(path, stem, target, rgb, alpha):
     os.makedirs(os.path.dirname(target), exist_ok=True)
     save_image_atomic(render(rgb, alpha, format, bg=bg, foreground_method=foreground_method),
                       target)
@@ -351,7 +502,26 @@ def process_inputs(remover: Remover, inputs: Sequence[str], out_dir: str, *,
       save_image_atomic(np.round(alpha * 255).astype(np.uint8),
                         os.path.join(out_dir, f'{stem}_alpha.png'))
     summary.written.append(target)
-    log(f'{path} -> {target}')
+    if log_written:
+      log(f'{path} -> {target}')
+
+  window = 2 * max(batch_size, 4)
+  loaded = []  # [((path, stem, target), rgb)]: at most `window`.
+  for index, (item, rgb) in enumerate(_decoded(todo, workers, window)):
+    if isinstance(rgb, InputError):
+      log(f'error: {rgb}')
+      summary.failures.append((item[0], str(rgb)))
+      bar.update()
+    else:
+      loaded.append((item, rgb))
+    if len(loaded) == window or (loaded and index == len(todo) - 1):
+      results = remover.predict_batch([rgb for _, rgb in loaded], batch_size,
+                                      with_preseg=False)
+      for (item_done, rgb_done), result in zip(loaded, results):
+        write(*item_done, rgb_done, result['alpha'])
+        bar.update()
+      loaded = []
+  bar.close()
   return summary
 
 

@@ -1,8 +1,8 @@
 """`bgmat export` / `Remover.from_export`: same alpha as the live models, file format.
 
 Tiny models with deterministic random weights (no training: eval_shape + numpy
-fill, so nothing but the predict function is compiled). The export against a
-trained workdir and the CLI are tested in test_remover.py.
+fill, so nothing but the predict functions is compiled); tiny buckets. The
+export against a trained workdir and the CLI are tested in test_remover.py.
 """
 
 import json
@@ -15,24 +15,13 @@ import pytest
 
 from bgmat import export
 from bgmat import models
+from bgmat import resolution
 from bgmat.remover import Remover
+from tests.test_resolution import photo
+from tests.test_resolution import random_variables
 
 SIZE = 32
-
-
-def _random_variables(module, seed, *inputs, **kwargs):
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    name = jax.tree_util.keystr(path)
-    if 'var' in name or 'scale' in name:
-      return np.ones(leaf.shape, np.float32)
-    return (rng.normal(size=leaf.shape) * 0.1).astype(np.float32)
-
-  shapes = jax.eval_shape(
-      lambda key: module.init({'params': key, 'dropout': key}, *inputs, **kwargs),
-      jax.random.key(0))
-  return jax.tree_util.tree_map_with_path(fill, shapes)
+BUCKETS = resolution.Buckets(long_sides=(64, 96), aspects=(0.5, 1.0))
 
 
 @pytest.fixture(scope='module')
@@ -41,43 +30,57 @@ def remover():
   matting = models.get_model('generator_tiny')
   image = jnp.zeros((1, SIZE, SIZE, 3))
   prior = jnp.zeros((1, SIZE, SIZE, 1))
-  return Remover(matting, _random_variables(matting, 1, image, prior, train=False),
-                 preseg, _random_variables(preseg, 2, image, train=False), SIZE)
+  return Remover(matting, random_variables(matting, 1, image, prior, train=False),
+                 preseg, random_variables(preseg, 2, image, train=False), SIZE,
+                 buckets=BUCKETS, tile_overlap=16)
 
 
 @pytest.fixture(scope='module')
 def exported(remover):
-  return export.export_predict(remover.batch_fn, SIZE)
+  return export.export_functions(remover.preseg_fn, remover.matting_fn, SIZE)
 
 
-def test_exported_call_matches_live_predict_for_any_batch(remover, exported):
-  assert set(exported.platforms) == {'cpu', 'cuda'}
-  batch = jnp.asarray(np.random.default_rng(0).random((3, SIZE, SIZE, 3)), jnp.float32)
-  live = remover.batch_fn(batch)
+def test_exported_calls_match_live_for_any_batch_and_bucket(remover, exported):
+  assert set(exported) == {'preseg', 'matting'}
+  assert set(exported['matting'].platforms) == {'cpu', 'cuda'}
+  rng = np.random.default_rng(0)
+  batch = jnp.asarray(rng.random((3, SIZE, SIZE, 3)), jnp.float32)
+  live = jax.jit(remover.preseg_fn)(batch)
   for b in (1, 3):  # The batch dimension is symbolic.
-    out = exported.call(batch[:b])
-    assert len(out) == 2
-    for got, want in zip(out, live):
-      assert got.shape == (b, SIZE, SIZE, 1)
-      np.testing.assert_allclose(np.asarray(got), np.asarray(want[:b]), atol=1e-5)
-  assert float(jnp.std(live[0])) > 1e-4  # Random weights give a non-constant alpha.
+    got = exported['preseg'].call(batch[:b])
+    assert got.shape == (b, SIZE, SIZE, 1)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(live[:b]), atol=1e-5)
+  # The matting sides are symbolic too: one module serves two bucket shapes.
+  for b, height, width in ((2, 64, 32), (1, 96, 96)):
+    image = jnp.asarray(rng.random((b, height, width, 3)), jnp.float32)
+    prior = jnp.asarray(rng.random((b, height, width, 1)), jnp.float32)
+    got = exported['matting'].call(image, prior)
+    want = jax.jit(remover.matting_fn)(image, prior)
+    assert got.shape == (b, height, width, 1)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+    assert float(jnp.std(want)) > 1e-3  # Random weights give a non-constant alpha.
 
 
 def test_file_round_trip_same_alpha(remover, exported, tmp_path):
   pytest.importorskip('flatbuffers', reason='jax.export serialization needs flatbuffers')
   path = tmp_path / 'sub' / 'model.bgmat'
-  export.write_export(str(path), exported, SIZE, extra={'note': 'test'})
+  export.write_export(str(path), exported, SIZE, BUCKETS, extra={'note': 'test'})
   assert [p.name for p in path.parent.iterdir()] == ['model.bgmat']  # No temp file left.
-  with zipfile.ZipFile(path) as zf:
-    assert sorted(zf.namelist()) == sorted([export.HEADER, export.MODULE])  # No pickle.
+  with zipfile.ZipFile(path) as zf:  # No pickle: a header and two StableHLO modules.
+    assert sorted(zf.namelist()) == sorted([export.HEADER, *export.MEMBERS.values()])
     header = json.loads(zf.read(export.HEADER))
-  assert header['format'] == export.FORMAT and header['working_size'] == SIZE
-  assert header['platforms'] == ['cpu', 'cuda'] and header['note'] == 'test'
-  loaded = Remover.from_export(str(path))
-  assert loaded.working_size == SIZE
-  image = np.random.default_rng(3).integers(0, 256, size=(41, 27, 3), dtype=np.uint8)
-  np.testing.assert_allclose(loaded.alpha(image), remover.alpha(image), atol=1e-5)
-  rgba = loaded(image)
+  assert header['format'] == export.FORMAT and header['version'] == 2
+  assert header['working_size'] == SIZE and header['note'] == 'test'
+  assert header['platforms'] == ['cpu', 'cuda']
+  assert resolution.Buckets.from_json(header['buckets']) == BUCKETS
+  assert [tuple(s) for s in header['bucket_shapes']] == BUCKETS.shapes()
+  loaded = Remover.from_export(str(path), tile_overlap=remover.tile_overlap)
+  assert loaded.working_size == SIZE and loaded.buckets == BUCKETS
+  # A direct run (41x27 in a 64x32 bucket) and a tiled one (150x130 > 96).
+  for image in (photo(41, 27, 3), photo(150, 130, 4)):
+    np.testing.assert_allclose(loaded.alpha(image), remover.alpha(image), atol=1e-5)
+  assert ('matting', (1, 96, 96, 3)) in loaded.compiles  # The tiled run did tile.
+  rgba = loaded(photo(41, 27, 3))
   assert rgba.shape == (41, 27, 4) and rgba.dtype == np.uint8
 
 
@@ -89,13 +92,19 @@ def test_not_an_export_is_a_clear_error(tmp_path):
   other = tmp_path / 'other.zip'
   with zipfile.ZipFile(other, 'w') as zf:
     zf.writestr(export.HEADER, json.dumps({'format': 'something-else'}))
-    zf.writestr(export.MODULE, b'')
+    zf.writestr(export.MEMBERS['matting'], b'')
   with pytest.raises(ValueError, match='something-else'):
     export.read_export(str(other))
   newer = tmp_path / 'newer.zip'
   with zipfile.ZipFile(newer, 'w') as zf:
     zf.writestr(export.HEADER, json.dumps({'format': export.FORMAT,
                                            'version': export.VERSION + 1}))
-    zf.writestr(export.MODULE, b'')
+    zf.writestr(export.MEMBERS['matting'], b'')
   with pytest.raises(ValueError, match='upgrade bgmat'):
     export.read_export(str(newer))
+  older = tmp_path / 'older.zip'
+  with zipfile.ZipFile(older, 'w') as zf:
+    zf.writestr(export.HEADER, json.dumps({'format': export.FORMAT, 'version': 1}))
+    zf.writestr('model.jaxexport', b'')
+  with pytest.raises(ValueError, match='bgmat export. again'):
+    export.read_export(str(older))

@@ -8,10 +8,17 @@ import pytest
 
 import bgmat
 from bgmat import cli
+from bgmat import export as export_lib
 from bgmat import remover as remover_lib
+from bgmat import resolution
 from bgmat import train
 import configs.matting as matting_configs
 import configs.preseg as preseg_configs
+
+# Tiny matting buckets (64 and 128 px long sides) keep compiles small; one CLI
+# test runs the product's default set.
+SIDES = '64,128'
+SMALL = resolution.Buckets(long_sides=(64, 128))
 
 
 @pytest.fixture(scope='module')
@@ -65,7 +72,7 @@ def test_corrupt_input_is_reported_and_others_written(matting_workdir, tmp_path,
   text.write_text('not an image')
   out = tmp_path / 'out'
   code = cli.main(['remove', str(corrupt), good, str(text), str(tmp_path / 'missing.png'),
-                   '-o', str(out), '--workdir', matting_workdir])
+                   '-o', str(out), '--workdir', matting_workdir, '--bucket-sides', SIDES])
   assert code == 1
   captured = capsys.readouterr()
   for name in ('corrupt.jpg', 'notes.png', 'missing.png'):
@@ -106,7 +113,7 @@ def _read(path):
 
 @pytest.fixture(scope='module')
 def loaded_remover(matting_workdir):
-  return bgmat.Remover.from_workdir(matting_workdir)
+  return bgmat.Remover.from_workdir(matting_workdir, buckets=SMALL)
 
 
 def test_formats_and_backgrounds(loaded_remover, matting_workdir, tmp_path):
@@ -120,7 +127,8 @@ def test_formats_and_backgrounds(loaded_remover, matting_workdir, tmp_path):
     assert len(summary.written) == 1 and not summary.failures
   # The CLI's wiring: a photo background, written as JPEG.
   assert cli.main(['remove', photo, '-o', str(tmp_path / 'photo'), '--workdir',
-                   matting_workdir, '--format', 'composite', '--bg', backdrop]) == 0
+                   matting_workdir, '--format', 'composite', '--bg', backdrop,
+                   '--bucket-sides', SIDES]) == 0
   fmt, mode, alpha = _read(tmp_path / 'alpha' / 'p.png')
   assert (fmt, mode, alpha.shape) == ('PNG', 'L', (30, 45))
   fmt, mode, rgba = _read(tmp_path / 'rgba' / 'p.png')
@@ -185,7 +193,8 @@ def test_folders_globs_and_skip_existing(loaded_remover, matting_workdir, tmp_pa
   Image.fromarray(marker).save(out / 'top.png')
   capsys.readouterr()
   assert cli.main(['remove', str(src), '--recursive', '--skip-existing', '-o', str(out),
-                   '--workdir', matting_workdir, '--format', 'alpha']) == 0
+                   '--workdir', matting_workdir, '--format', 'alpha',
+                   '--bucket-sides', SIDES]) == 0
   assert '0 written' in capsys.readouterr().out
   np.testing.assert_array_equal(_read(out / 'top.png')[2], marker)
   assert run(src / 'top.png').written
@@ -210,15 +219,17 @@ def test_cli_export_gives_same_alpha_as_workdir(matting_workdir, tmp_path):
   pytest.importorskip('flatbuffers', reason='jax.export serialization needs flatbuffers')
   model = tmp_path / 'model.bgmat'
   assert cli.main(['export', '--workdir', matting_workdir, '--out', str(model),
-                   '--platforms', 'cpu']) == 0
+                   '--platforms', 'cpu', '--bucket-sides', SIDES]) == 0
+  header, _ = export_lib.read_export(str(model))
+  assert header['buckets']['long_sides'] == [64, 128] and header['platforms'] == ['cpu']
   image = np.random.default_rng(4).integers(0, 256, size=(50, 35, 3), dtype=np.uint8)
-  exported = bgmat.Remover.from_export(str(model))
-  live = bgmat.Remover.from_workdir(matting_workdir)
+  exported = bgmat.Remover.from_export(str(model), buckets=SMALL)
+  live = bgmat.Remover.from_workdir(matting_workdir, buckets=SMALL)
   np.testing.assert_allclose(exported.alpha(image), live.alpha(image), atol=1e-5)
   out = tmp_path / 'out'
   photo = _photo(tmp_path / 'p.png', (30, 20))
   assert cli.main(['remove', photo, '-o', str(out), '--model', str(model),
-                   '--format', 'alpha']) == 0
+                   '--format', 'alpha', '--bucket-sides', SIDES]) == 0
   np.testing.assert_array_equal(
       _read(out / 'p.png')[2],
       np.round(live.alpha(np.asarray(Image.open(photo).convert('RGB'))) * 255).astype(np.uint8))
@@ -249,3 +260,41 @@ def test_load_image_input_kinds(tmp_path):
   rgba = np.concatenate([rgb, np.full((20, 30, 1), 128, np.uint8)], axis=-1)
   Image.fromarray(rgba).save(tmp_path / 'rgba.png')
   np.testing.assert_array_equal(remover_lib.load_image(str(tmp_path / 'rgba.png')), rgb)
+
+
+def test_cli_batch_size_quiet_max_side_and_progress(matting_workdir, loaded_remover, tmp_path,
+                                                    capsys):
+  sizes = [(90, 50), (40, 60), (70, 33), (64, 64), (50, 90)]  # (width, height)
+  photos = [_photo(tmp_path / f'p{i}.png', size) for i, size in enumerate(sizes)]
+  for i, path in enumerate(photos):  # Different content per photo.
+    Image.fromarray(np.roll(np.asarray(Image.open(path)), 7 * i, axis=1)).save(path)
+  base = ['remove', *photos, '--workdir', matting_workdir, '--format', 'alpha',
+          '--bucket-sides', SIDES]
+  capsys.readouterr()
+  assert cli.main(base + ['-o', str(tmp_path / 'one')]) == 0
+  captured = capsys.readouterr()
+  assert captured.out.count(' -> ') == 5 and 'img/s' not in captured.err  # Not a terminal.
+  assert cli.main(base + ['-o', str(tmp_path / 'batched'), '--batch_size', '3', '--quiet']) == 0
+  captured = capsys.readouterr()
+  assert ' -> ' not in captured.out and '5 written' in captured.out
+  assert 'img/s' not in captured.err and '%|' not in captured.err
+  for i, (width, height) in enumerate(sizes):
+    one = _read(tmp_path / 'one' / f'p{i}.png')[2]
+    assert one.shape == (height, width)
+    # Batched photos of one bucket give the same matte as one by one.
+    np.testing.assert_array_equal(_read(tmp_path / 'batched' / f'p{i}.png')[2], one)
+  # --max-side: matted smaller, written at the photo's size.
+  assert cli.main(base[:2] + ['-o', str(tmp_path / 'capped'), '--workdir', matting_workdir,
+                              '--format', 'alpha', '--max-side', '32', '-q']) == 0
+  assert _read(tmp_path / 'capped' / 'p0.png')[2].shape == (50, 90)
+  # The progress bar, when asked for, reports images/s on stderr.
+  capsys.readouterr()
+  summary = remover_lib.process_inputs(loaded_remover, photos[:2], str(tmp_path / 'bar'),
+                                       format='alpha', progress=True, batch_size=2)
+  assert len(summary.written) == 2
+  captured = capsys.readouterr()
+  assert 'img/s' in captured.err and '2/2' in captured.err
+  for flags in (['--batch-size', '0'], ['--bucket-sides', '100'], ['--max-side', 'x']):
+    with pytest.raises(SystemExit):
+      cli.main(base + ['-o', str(tmp_path / 'bad')] + flags)
+  assert not (tmp_path / 'bad').exists()

@@ -1,0 +1,149 @@
+r"""Latency and memory of `bgmat remove` on this machine (CPU or GPU).
+
+  python -m bench.remove                           # random demo-preset models
+  python -m bench.remove --workdir runs/demo/matting
+  python -m bench.remove --export bgmat_demo.bgmat --sizes 512,1024 --images 50
+
+Prints, as a markdown table: per square photo size, the first call (compile
+of its bucket included) and the median of the next calls of `Remover.alpha`
+(pre-segmentation at the working size + matting at the photo's size, or in
+tiles above the largest bucket). Then `process_inputs` (decode, matte, blur-
+fusion foreground, RGBA PNG write) over a folder of `--images` photos of four
+sizes: the peak RSS (psutil, sampled after every photo) and its growth from
+photo 20 to the last. With neither --workdir nor --export, the models are the
+`demo` configs' presets with random weights (latency does not depend on the
+weights).
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+import psutil
+
+from bgmat import remover as remover_lib
+from bgmat import resolution
+
+# The folder for the memory run: a few sizes, as from a few cameras, so the
+# count of compiled functions (buckets, and blur fusion per size) stays bounded.
+FOLDER_SIZES = ((480, 640), (640, 480), (600, 600), (300, 400))
+
+
+def _random_demo_remover(buckets) -> remover_lib.Remover:
+  """The demo configs' models with random weights (flax init)."""
+  from bgmat import train  # pylint: disable=g-import-not-at-top
+  import configs.matting as matting_configs  # pylint: disable=g-import-not-at-top
+  import configs.preseg as preseg_configs  # pylint: disable=g-import-not-at-top
+  matting_config = matting_configs.get_config('demo')
+  preseg = train.build_model(preseg_configs.get_config('demo').model)
+  matting = train.build_model(matting_config.model)
+  size = matting_config.image_size
+  image, prior = jnp.zeros((1, size, size, 3)), jnp.zeros((1, size, size, 1))
+  preseg_vars = jax.jit(lambda k: preseg.init(k, image, train=False))(jax.random.key(0))
+  matting_vars = jax.jit(lambda k: matting.init(k, image, prior, train=False))(
+      jax.random.key(1))
+  return remover_lib.Remover(matting, matting_vars, preseg, preseg_vars, size,
+                             buckets=buckets)
+
+
+def _photo(height: int, width: int, seed: int) -> np.ndarray:
+  yy, xx = np.mgrid[:height, :width]
+  base = np.stack([yy * 255 // height, xx * 255 // width, (yy + xx) % 256], axis=-1)
+  noise = np.random.default_rng(seed).integers(0, 40, size=(height, width, 3))
+  return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def _latency(remover, size: int, repeats: int) -> tuple[float, float, str]:
+  image = _photo(size, size, size)
+  start = time.perf_counter()
+  remover.alpha(image)
+  first = time.perf_counter() - start
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    remover.alpha(image)
+    times.append(time.perf_counter() - start)
+  p = resolution.plan(size, size, remover.buckets, remover.max_side)
+  how = (f'bucket {p.bucket[0]}x{p.bucket[1]}' if p.bucket else
+         f'{len(resolution.tiles(*p.size, p.tile, remover.tile_overlap))} tiles of '
+         f'{p.tile[0]}x{p.tile[1]}')
+  return first, statistics.median(times), how
+
+
+def _memory(remover, count: int, batch_size: int) -> dict:
+  process = psutil.Process()
+  rss = []
+  with tempfile.TemporaryDirectory() as tmp:
+    src, out = os.path.join(tmp, 'photos'), os.path.join(tmp, 'out')
+    os.makedirs(src)
+    for i in range(count):
+      height, width = FOLDER_SIZES[i % len(FOLDER_SIZES)]
+      Image.fromarray(_photo(height, width, i)).save(os.path.join(src, f'{i:05d}.jpg'),
+                                                     quality=90)
+
+    def sample(line):
+      if ' -> ' in line:
+        rss.append(process.memory_info().rss)
+      elif line.startswith('error'):
+        print(line)
+
+    start = time.perf_counter()
+    summary = remover_lib.process_inputs(remover, [src], out, batch_size=batch_size,
+                                         log=sample)
+    seconds = time.perf_counter() - start
+  assert len(summary.written) == count, summary.failures
+  mib = lambda b: b / 2**20
+  return {'peak_mib': mib(max(rss)), 'at20_mib': mib(rss[min(19, len(rss) - 1)]),
+          'mid_mib': mib(rss[len(rss) // 2 - 1]),
+          'last_mib': mib(rss[-1]), 'growth_mib': mib(rss[-1] - rss[min(19, len(rss) - 1)]),
+          'images_per_s': count / seconds}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  model = parser.add_mutually_exclusive_group()
+  model.add_argument('--workdir', help='A trained matting run.')
+  model.add_argument('--export', help='A `bgmat export` file.')
+  parser.add_argument('--sizes', default='512,1024,2048', help='Square photo sides.')
+  parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--images', type=int, default=200, help='Photos in the memory run.')
+  parser.add_argument('--batch-size', type=int, default=1)
+  args = parser.parse_args()
+  buckets = resolution.Buckets()
+  if args.workdir:
+    remover, source = remover_lib.Remover.from_workdir(args.workdir, buckets=buckets), args.workdir
+  elif args.export:
+    remover, source = remover_lib.Remover.from_export(args.export, buckets=buckets), args.export
+  else:
+    remover = _random_demo_remover(buckets)
+    source = 'demo presets (deeplabv3plus_tiny + generator_tiny), random weights'
+  device = jax.devices()[0]
+  print(f'bgmat remove benchmark: {source}; working size {remover.working_size}; '
+        f'device {device.platform} ({device.device_kind}), {os.cpu_count()} CPUs, '
+        f'{platform.machine()}, jax {jax.__version__}\n')
+  print('| photo | matting | first call (s, compile incl.) | median (s) | images/s |')
+  print('|---|---|---|---|---|')
+  for size in (int(s) for s in args.sizes.split(',') if s.strip()):
+    first, median, how = _latency(remover, size, args.repeats)
+    print(f'| {size}x{size} | {how} | {first:.2f} | {median:.3f} | {1 / median:.2f} |',
+          flush=True)
+  if args.images:
+    mem = _memory(remover, args.images, args.batch_size)
+    print(f'\n{args.images} photos ({", ".join(f"{h}x{w}" for h, w in FOLDER_SIZES)}), '
+          f'batch size {args.batch_size}, RGBA + blur fusion: {mem["images_per_s"]:.2f} '
+          f'images/s; RSS peak {mem["peak_mib"]:.0f} MiB, at photo 20 '
+          f'{mem["at20_mib"]:.0f} MiB, at photo {args.images // 2} {mem["mid_mib"]:.0f} MiB, '
+          f'at photo {args.images} {mem["last_mib"]:.0f} MiB '
+          f'(growth {mem["growth_mib"]:+.0f} MiB)')
+
+
+if __name__ == '__main__':
+  main()
