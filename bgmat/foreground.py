@@ -49,24 +49,37 @@ def _box_sum_1d(x: jax.Array, size: int, axis: int) -> jax.Array:
   return hi - lo
 
 
-def box_blur(x: jax.Array, size: int) -> jax.Array:
-  """Mean over a size x size window of (H, W, ...) `x`, over in-image pixels only."""
+def box_blur(x: jax.Array, size: int, row_valid: jax.Array | None = None,
+             col_valid: jax.Array | None = None) -> jax.Array:
+  """Mean over a size x size window of (H, W, ...) `x`, over in-image pixels only.
+
+  `row_valid` (H,) and `col_valid` (W,) (1 inside, 0 outside) mark the image
+  inside a padded array: padded pixels neither count nor contribute, so the
+  valid region's result equals that of the unpadded image.
+  """
   if size <= 1:
     return x
   height, width = x.shape[:2]
-  sums = _box_sum_1d(_box_sum_1d(x, size, 0), size, 1)
+  if row_valid is None:
+    row_valid = jnp.ones((height,), x.dtype)
+  if col_valid is None:
+    col_valid = jnp.ones((width,), x.dtype)
+  trailing = (1,) * (x.ndim - 2)
+  valid = (row_valid[:, None] * col_valid[None, :]).reshape((height, width) + trailing)
+  sums = _box_sum_1d(_box_sum_1d(x * valid, size, 0), size, 1)
   # The window's in-image pixel count is separable: rows x columns.
-  rows = _box_sum_1d(jnp.ones((height,), x.dtype), size, 0)
-  cols = _box_sum_1d(jnp.ones((width,), x.dtype), size, 0)
-  counts = (rows[:, None] * cols[None, :]).reshape((height, width) + (1,) * (x.ndim - 2))
-  return sums / counts
+  rows = _box_sum_1d(row_valid.astype(x.dtype), size, 0)
+  cols = _box_sum_1d(col_valid.astype(x.dtype), size, 0)
+  counts = (rows[:, None] * cols[None, :]).reshape((height, width) + trailing)
+  return sums / jnp.maximum(counts, 1.0)
 
 
-def _blur_fusion_pass(image, fg, bg, alpha, size):
+def _blur_fusion_pass(image, fg, bg, alpha, size, row_valid, col_valid):
   """One pass: local means of F (weighted by alpha) and B (by 1 - alpha), then
   F moved along the compositing equation so that alpha F + (1 - alpha) B = I."""
   # One blur of all 7 channels: alpha, alpha F, (1 - alpha) B.
-  blurred = box_blur(jnp.concatenate([alpha, fg * alpha, bg * (1 - alpha)], axis=-1), size)
+  blurred = box_blur(jnp.concatenate([alpha, fg * alpha, bg * (1 - alpha)], axis=-1), size,
+                     row_valid, col_valid)
   blurred_alpha = blurred[..., :1]
   blurred_fg = blurred[..., 1:4] / (blurred_alpha + 1e-5)
   blurred_bg = blurred[..., 4:] / ((1 - blurred_alpha) + 1e-5)
@@ -76,17 +89,29 @@ def _blur_fusion_pass(image, fg, bg, alpha, size):
 
 @functools.partial(jax.jit, static_argnames=('radii',))
 def blur_fusion(image: jax.Array, alpha: jax.Array,
-                radii: tuple[int, ...] = DEFAULT_RADII) -> jax.Array:
+                radii: tuple[int, ...] = DEFAULT_RADII,
+                row_valid: jax.Array | None = None,
+                col_valid: jax.Array | None = None) -> jax.Array:
   """Blur-fusion foreground. image (H, W, 3), alpha (H, W) float32 in [0, 1] -> (H, W, 3).
 
   `radii` are box window sizes in pixels, one pass each (the paper: 90, 6).
+  `row_valid` (H,) / `col_valid` (W,): the image inside a padded array (see
+  `box_blur`); `estimate_foreground` pads to a few shapes so that a folder of
+  photos of many sizes compiles a bounded number of times.
   """
   image = image.astype(jnp.float32)
   alpha = alpha.astype(jnp.float32)[..., None]
   fg, bg = image, image
   for size in radii:
-    fg, bg = _blur_fusion_pass(image, fg, bg, alpha, size)
+    fg, bg = _blur_fusion_pass(image, fg, bg, alpha, size, row_valid, col_valid)
   return fg
+
+
+def padded_side(side: int) -> int:
+  """`side` rounded up to a multiple of 2**(floor(log2 side) - 2) (at least 32):
+  four shapes per octave, at most 25% padding, so compiles stay few."""
+  step = max(32, 2 ** (max(side, 1).bit_length() - 3))
+  return -(-side // step) * step
 
 
 def scaled_radii(height: int, width: int,
@@ -125,8 +150,16 @@ def estimate_foreground(image, alpha, method: str = 'blur_fusion',
     raise ValueError(f'Expected image (H, W, 3) and alpha (H, W), got {image.shape} '
                      f'and {alpha.shape}')
   if method == 'blur_fusion':
-    radii = tuple(radii) if radii else scaled_radii(*alpha.shape)
-    return np.asarray(blur_fusion(image, alpha, radii=radii))
+    height, width = alpha.shape
+    padded_h, padded_w = padded_side(height), padded_side(width)
+    # Radii from the padded shape: one compile per padded shape, not per size.
+    radii = tuple(radii) if radii else scaled_radii(padded_h, padded_w)
+    pad = ((0, padded_h - height), (0, padded_w - width))
+    row_valid = (np.arange(padded_h) < height).astype(np.float32)
+    col_valid = (np.arange(padded_w) < width).astype(np.float32)
+    fg = blur_fusion(np.pad(image, pad + ((0, 0),)), np.pad(alpha, pad), radii=radii,
+                     row_valid=row_valid, col_valid=col_valid)
+    return np.asarray(fg[:height, :width])
   if method == 'multilevel':
     return _multilevel(image, alpha, **kwargs)
   if method == 'none':

@@ -80,3 +80,29 @@ def test_scaled_radii_and_bad_inputs():
   image = np.random.default_rng(0).random((5, 6, 3)).astype(np.float32)
   np.testing.assert_array_equal(
       foreground.estimate_foreground(image, np.ones((5, 6)), method='none'), image)
+
+
+def test_padding_leaves_the_result_unchanged_and_bounds_compiles():
+  rng = np.random.default_rng(3)
+  image = rng.random((37, 53, 3)).astype(np.float32)
+  alpha = rng.random((37, 53)).astype(np.float32)
+  radii = (9, 3)
+  direct = np.asarray(foreground.blur_fusion(image, alpha, radii=radii))
+  pad = ((0, 64 - 37), (0, 64 - 53))
+  row_valid = (np.arange(64) < 37).astype(np.float32)
+  col_valid = (np.arange(64) < 53).astype(np.float32)
+  # Garbage in the padding must not leak into the image.
+  padded_image = np.pad(image, pad + ((0, 0),), constant_values=0.7)
+  padded = np.asarray(foreground.blur_fusion(
+      padded_image, np.pad(alpha, pad, constant_values=0.3), radii=radii,
+      row_valid=row_valid, col_valid=col_valid))
+  np.testing.assert_allclose(padded[:37, :53], direct, atol=2e-5)
+  # Sizes in one padded shape share one compiled function.
+  assert [foreground.padded_side(s) for s in (1, 32, 33, 100, 129, 1000, 1025, 3000)] == [
+      32, 32, 64, 128, 160, 1024, 1280, 3072]
+  foreground.blur_fusion.clear_cache()
+  for height, width in ((200, 150), (205, 160), (210, 159)):
+    out = foreground.estimate_foreground(rng.random((height, width, 3)),
+                                         rng.random((height, width)))
+    assert out.shape == (height, width, 3)
+  assert foreground.blur_fusion._cache_size() == 1
