@@ -14,6 +14,7 @@ from typing import Any
 from absl import logging
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -49,6 +50,14 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
   favour of the previous one, with a warning. Returns (state, step) or None.
   """
   for step in sorted(manager.all_steps(), reverse=True):
+    difference = _layout_difference(manager, step, abstract_state)
+    if difference:
+      # Not damage: another config or bgmat version wrote it. Starting from
+      # scratch here would silently bury that run, so stop instead.
+      raise ValueError(
+          f'The checkpoint at step {step} in {manager.directory} does not fit this run '
+          f'({difference}): it was written by another config or bgmat version. Use a '
+          'new --workdir, or move the old checkpoints away to start over.')
     items = {'state': ocp.args.StandardRestore(abstract_state)}
     if data_iter is not None:
       items['data'] = grain.checkpoint.CheckpointRestore(data_iter)
@@ -61,6 +70,35 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
                       type(e).__name__, e)
       continue
     return restored['state'], step
+  return None
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  return {jax.tree_util.keystr(path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _layout_difference(manager: ocp.CheckpointManager, step: int,
+                       abstract_state: Any) -> str | None:
+  """How the saved state's layout differs from `abstract_state`, or None.
+
+  Compares the top-level keys and the parameter / BN-statistics trees (plain
+  nested dicts in both). Unreadable metadata is left to the restore, which
+  skips a damaged checkpoint.
+  """
+  try:
+    metadata = manager.item_metadata(step)['state']
+    saved = dict(metadata.tree) if hasattr(metadata, 'tree') else dict(metadata)
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if set(saved) != set(abstract_state):
+    return f'state keys {sorted(saved)}, expected {sorted(abstract_state)}'
+  for key in ('params', 'batch_stats', 'ema_params'):
+    if key in saved and _shapes(saved[key]) != _shapes(abstract_state[key]):
+      saved_shapes, wanted = _shapes(saved[key]), _shapes(abstract_state[key])
+      differing = sorted(k for k in saved_shapes.keys() | wanted.keys()
+                         if saved_shapes.get(k) != wanted.get(k))
+      return f'{key} differ at {len(differing)} entries, e.g. {differing[0]}'
   return None
 
 
@@ -88,10 +126,20 @@ def restore_state_only(checkpoint_dir: str, abstract_state: Any | None = None,
   last_error = None
   for candidate in steps:
     try:
-      args = (ocp.args.StandardRestore(abstract_state) if abstract_state is not None
-              else ocp.args.StandardRestore())
-      restored = manager.restore(candidate, args=ocp.args.Composite(state=args))
+      target = abstract_state
+      if target is None:
+        # Onto one local device: the checkpoint's own shardings name devices of
+        # the run that wrote it (another device count, other processes).
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        metadata = manager.item_metadata(candidate)['state']
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+            dict(metadata.tree) if hasattr(metadata, 'tree') else dict(metadata))
+      restored = manager.restore(
+          candidate, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
       manager.close()
+      if abstract_state is None:
+        return jax.tree.map(np.asarray, restored['state'])
       return restored['state']
     except Exception as e:  # pylint: disable=broad-except
       logging.warning('Checkpoint step %d in %s cannot be restored: %s',

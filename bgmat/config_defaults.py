@@ -14,6 +14,9 @@ def base(stage: str) -> ml_collections.ConfigDict:
   # 'rbg' compiles parameter initialisation far faster than threefry on CPU.
   config.rng_impl = 'rbg'
   config.mesh = [('data', -1)]
+  # Compute dtype of the models ('float32' | 'bfloat16'). Parameters, optimizer
+  # state and losses stay float32.
+  config.dtype = 'float32'
 
   # Data: a TFDS data set, 'name/config' (built by `python -m data_prep.build`).
   config.dataset = 'synthetic_portraits/demo'
@@ -29,7 +32,7 @@ def base(stage: str) -> ml_collections.ConfigDict:
   config.batch_size = 8
   config.num_train_steps = 1000
   config.opt = ml_collections.ConfigDict(dict(
-      lr=1e-3, warmup_steps=50, final_lr_ratio=0.01, b1=0.9, b2=0.999,
+      lr=1e-3, warmup_steps=50, final_lr_ratio=0.01, b1=0.9, b2=0.999, eps=1e-8,
       weight_decay=1e-4, grad_clip=1.0))
 
   # Logging, checkpoints, evaluation.
@@ -42,6 +45,16 @@ def base(stage: str) -> ml_collections.ConfigDict:
   config.max_eval_examples = ml_collections.config_dict.placeholder(int)
   config.eval_test = True
   config.stop_at_step = ml_collections.config_dict.placeholder(int)
+  # Profile (clu Profile, process 0) this many steps from step 10 into
+  # WORKDIR/plugins/profile; 0: off.
+  config.profile_steps = 0
+
+  # Faults. 'stop': a non-finite loss stops the run before any save; 'skip':
+  # the step's update is dropped and counted (train/skipped_steps).
+  config.nonfinite = 'stop'
+  # Fault injection for tests (0: off): a NaN loss at that step; block the loop
+  # after that step (its checkpoint finished) until SIGTERM or kill.
+  config.debug = ml_collections.ConfigDict(dict(nan_at_step=0, hang_at_step=0))
   return config
 
 

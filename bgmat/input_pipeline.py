@@ -1,10 +1,14 @@
 """Everything between a TFDS data source and a global batch.
 
-TFDS array_record data source -> Grain `MapDataset`: shard by process ->
-shuffle by seed -> repeat -> per-example augmentation (`random_map`, seeded by
-the element index, so results do not depend on the number of workers) ->
-batch -> `IterDataset` (optionally multi-process prefetch). The iterator state
-is checkpointable together with the train state (see `checkpointing.py`).
+TFDS array_record data source -> Grain `MapDataset`: shuffle by seed -> repeat
+-> per-example augmentation (`random_map`, seeded by the element's index in
+this global stream, so results depend neither on the number of workers nor on
+the number of processes) -> this process's rows of each global batch ->
+`IterDataset` (optionally multi-process prefetch). Global batch b is elements
+[b * G, (b + 1) * G) of the stream; process p reads (and decodes) only rows
+[p * P, (p + 1) * P) of it, P = G / process_count: the global batches are the
+same whatever the number of processes. The iterator state is checkpointable
+together with the train state (see `checkpointing.py`).
 
 Training examples (numpy, per process) hold
   image, fg, bg: (H, W, 3) float32 in [0, 1], image = alpha * fg + (1 - alpha) * bg
@@ -215,10 +219,16 @@ class Prepare:
 
 def create_train_dataset(config, *, process_index: int, process_count: int,
                          per_process_batch: int) -> grain.IterDataset:
-  """Infinite, shuffled, augmented, batched training data of this process."""
+  """Infinite, shuffled, augmented training data: this process's rows of each
+  global batch, (per_process_batch, ...) arrays.
+
+  `process_index` is the block of rows this process feeds in the global batch
+  (see `sharding.process_batch_block`; the process index on usual meshes).
+  """
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index {process_index} not in [0, {process_count})')
   source = open_source(config.dataset, config.train_split, config.data_dir)
   dataset = grain.MapDataset.source(source)
-  dataset = dataset[process_index::process_count]
   dataset = dataset.shuffle(seed=config.seed).repeat()
   dataset = dataset.random_map(
       Augment(source=source, image_size=config.image_size,
@@ -227,7 +237,11 @@ def create_train_dataset(config, *, process_index: int, process_count: int,
               jitter=config.aug.jitter, trimap_radius=config.trimap_radius,
               prior=config.get('prior', 'none')),
       seed=config.seed + 1)
+  # Blocks of P consecutive elements; global batch b is blocks
+  # [b * count, (b + 1) * count), so this process takes every count-th block.
+  # Both steps are lazy index arithmetic: other processes' rows are never read.
   dataset = dataset.batch(per_process_batch, drop_remainder=True)
+  dataset = dataset[process_index::process_count]
   iter_dataset = dataset.to_iter_dataset(
       grain.ReadOptions(num_threads=config.input.num_threads,
                         prefetch_buffer_size=config.input.prefetch))
@@ -252,11 +266,13 @@ def eval_batches(config, split: str, *, process_index: int, process_count: int,
   source = open_source(config.dataset, split, config.data_dir)
   prepare = Prepare(config.image_size, config.trimap_radius)
   num_examples = len(source) if max_examples is None else min(max_examples, len(source))
-  indices = np.arange(num_examples)[process_index::process_count]
+  # Global batch b is examples [b * G, (b + 1) * G) (padded at the end);
+  # this process holds rows [p * P, (p + 1) * P) of it, as in training.
   global_batch = per_process_batch * process_count
   num_batches = -(-num_examples // global_batch)
   for b in range(num_batches):
-    chunk = indices[b * per_process_batch:(b + 1) * per_process_batch]
+    start = b * global_batch + process_index * per_process_batch
+    chunk = range(start, min(start + per_process_batch, num_examples))
     examples = [prepare(source[int(i)]) for i in chunk]
     names = [_as_str(source[int(i)]['name']) for i in chunk]
     while len(examples) < per_process_batch:

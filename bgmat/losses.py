@@ -11,11 +11,14 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 # 5x5 binomial kernel [1, 4, 6, 4, 1]^2 / 256, as in MG-Matting / FBA.
-_GAUSS_1D = jnp.array([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
-_SOBEL_X = jnp.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+# numpy, not jnp: importing this module must not start the XLA backend
+# (jax.distributed.initialize() has to come first in multi-host runs).
+_GAUSS_1D = np.array([1.0, 4.0, 6.0, 4.0, 1.0], np.float32) / 16.0
+_SOBEL_X = np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], np.float32)
 _GAN_KINDS = ('lsgan', 'hinge')
 
 

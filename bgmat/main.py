@@ -13,8 +13,6 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from bgmat import train
-
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and logs.')
@@ -37,6 +35,9 @@ def main(argv):
     jax.distributed.initialize()
   logging.info('JAX process %d / %d, local devices %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
+  # Imported only now: importing bgmat's modules may start the XLA backend
+  # (module-level jnp constants), which jax.distributed.initialize forbids.
+  from bgmat import train  # pylint: disable=g-import-not-at-top
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

@@ -29,6 +29,7 @@ import optax
 
 from bgmat import checkpointing
 from bgmat import evaluate as eval_lib
+from bgmat import faults
 from bgmat import input_pipeline
 from bgmat import losses
 from bgmat import metrics as metrics_lib
@@ -37,8 +38,7 @@ from bgmat import sharding
 from bgmat import writers
 
 
-class NonFiniteLossError(RuntimeError):
-  pass
+NonFiniteLossError = faults.NonFiniteLossError
 
 
 # ---------------------------------------------------------------------------
@@ -46,8 +46,13 @@ class NonFiniteLossError(RuntimeError):
 # ---------------------------------------------------------------------------
 
 
-def build_model(model_config: ml_collections.ConfigDict):
-  return models.get_model(model_config.name, **model_config.get('kwargs', {}))
+def build_model(model_config: ml_collections.ConfigDict, dtype: str | None = None):
+  """The config's model; `dtype` (e.g. 'bfloat16') sets its compute dtype
+  (parameters stay float32)."""
+  kwargs = dict(model_config.get('kwargs', {}))
+  if dtype is not None and jnp.dtype(dtype) != jnp.float32:
+    kwargs['dtype'] = jnp.dtype(dtype)
+  return models.get_model(model_config.name, **kwargs)
 
 
 def make_optimizer(opt_config, total_steps: int) -> optax.GradientTransformation:
@@ -58,17 +63,17 @@ def make_optimizer(opt_config, total_steps: int) -> optax.GradientTransformation
   return optax.chain(
       optax.clip_by_global_norm(opt_config.grad_clip),
       optax.adamw(schedule, b1=opt_config.b1, b2=opt_config.b2,
-                  weight_decay=opt_config.weight_decay))
+                  eps=opt_config.get('eps', 1e-8), weight_decay=opt_config.weight_decay))
 
 
 def build_networks(config):
   """(model, tx, disc, disc_tx) of a stage; disc and disc_tx are None unless
   the matting stage is adversarial."""
-  model = build_model(config.model)
+  model = build_model(config.model, dtype=config.dtype)
   tx = make_optimizer(config.opt, config.num_train_steps)
   disc = disc_tx = None
   if config.stage == 'matting' and config.adv.weight > 0:
-    disc = build_model(config.disc)
+    disc = build_model(config.disc, dtype=config.dtype)
     disc_tx = make_optimizer(config.disc_opt, config.num_train_steps)
   return model, tx, disc, disc_tx
 
@@ -119,6 +124,8 @@ def init_state(rng, *, config, model, tx, disc=None, disc_tx=None) -> dict[str, 
       'params': variables['params'],
       'batch_stats': variables.get('batch_stats', {}),
       'opt_state': tx.init(variables['params']),
+      # Steps whose update was dropped (config.nonfinite == 'skip').
+      'skipped_steps': jnp.zeros((), jnp.int32),
   }
   if config.stage == 'matting':
     state['ema_params'] = variables['params']
@@ -138,8 +145,10 @@ def preseg_step(state, batch, rng, *, model, tx, config):
     logits, updates = model.apply(
         {'params': params, 'batch_stats': state['batch_stats']}, batch['image'],
         train=True, mutable=['batch_stats'], rngs={'dropout': rng})
+    logits = logits.astype(jnp.float32)  # Losses in float32 whatever config.dtype.
     loss = losses.seg_loss(logits, batch['alpha'], bce_weight=config.loss.bce,
                            dice_weight=config.loss.dice)
+    loss = faults.inject_nan(loss, state['step'], config)
     return loss, (updates['batch_stats'], logits)
 
   (loss, (batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -175,6 +184,7 @@ def matting_step(state, batch, rng, preseg_vars, *, model, tx, disc, disc_tx,
     alpha, g_updates = model.apply(
         {'params': params['g'], 'batch_stats': state['batch_stats']},
         batch['image'], prior, train=True, mutable=['batch_stats'])
+    alpha = alpha.astype(jnp.float32)  # Losses in float32 whatever config.dtype.
     terms = {
         'l1': losses.alpha_l1(alpha, batch['alpha']),
         'l1_unknown': losses.alpha_l1(alpha, batch['alpha'], unknown),
@@ -183,7 +193,8 @@ def matting_step(state, batch, rng, preseg_vars, *, model, tx, disc, disc_tx,
         'lap': losses.laplacian_pyramid_loss(alpha, batch['alpha']),
         'grad': losses.alpha_gradient_loss(alpha, batch['alpha']),
     }
-    g_loss = sum(weights[k] * v for k, v in terms.items())
+    g_loss = faults.inject_nan(sum(weights[k] * v for k, v in terms.items()),
+                               state['step'], config)
     d_loss = jnp.zeros(())
     d_stats = {}
     if adversarial:
@@ -232,7 +243,8 @@ def _three_disc_calls(disc, d_vars, image, alpha_gt, alpha_pred):
   fake_for_d, updates = disc.apply(
       dict(d_vars, batch_stats=updates.get('batch_stats', d_vars['batch_stats'])),
       image, jax.lax.stop_gradient(alpha_pred), train=True, mutable=['batch_stats'])
-  return (real, fake, fake_for_d), updates
+  as_f32 = lambda tree: jax.tree.map(lambda x: x.astype(jnp.float32), tree)
+  return (as_f32(real), as_f32(fake), as_f32(fake_for_d)), updates
 
 
 # ---------------------------------------------------------------------------
@@ -241,7 +253,12 @@ def _three_disc_calls(disc, d_vars, image, alpha_gt, alpha_pred):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains config.stage in workdir (resuming if possible); returns test metrics."""
+  """Trains config.stage in workdir (resuming if possible); returns test metrics.
+
+  Returns {} when the run stops early (config.stop_at_step, or SIGTERM: a
+  checkpoint is saved at the step reached). Raises NonFiniteLossError on a
+  non-finite loss with config.nonfinite == 'stop' (nothing saved after it).
+  """
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
@@ -253,12 +270,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # Mesh.
   mesh = sharding.create_mesh(config.mesh)
   per_process_batch = sharding.global_batch_size_ok(config.batch_size, mesh)
-  logging.info('Mesh %s, global batch %d, %d per process', dict(mesh.shape),
-               config.batch_size, per_process_batch)
+  # The block of rows of each global batch that this process's devices hold.
+  batch_block = sharding.process_batch_block(mesh, config.batch_size)
+  logging.info('Mesh %s, global batch %d, %d per process (block %d), compute dtype %s',
+               dict(mesh.shape), config.batch_size, per_process_batch, batch_block,
+               config.dtype)
 
-  # Input.
+  # Input: the same global batches whatever the number of processes.
   train_ds = input_pipeline.create_train_dataset(
-      config, process_index=jax.process_index(), process_count=jax.process_count(),
+      config, process_index=batch_block, process_count=jax.process_count(),
       per_process_batch=per_process_batch)
   train_iter = iter(train_ds)
 
@@ -292,23 +312,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if config.get('init_from'):
       state = _init_encoder_from(state, config.init_from, state_shardings)
 
-  # Steps.
+  # Steps (metrics['finite'] added; with config.nonfinite == 'skip' a
+  # non-finite step's update is dropped inside the step).
   if config.stage == 'preseg':
     step_fn = functools.partial(preseg_step, model=model, tx=tx, config=config)
-    train_step = jax.jit(step_fn, in_shardings=(state_shardings, data_sharding, None),
-                         out_shardings=(state_shardings, None), donate_argnums=0)
-    run_step = lambda s, b: train_step(s, b, train_rng)
+    extra_args = ()
   else:
     step_fn = functools.partial(matting_step, model=model, tx=tx, disc=disc, disc_tx=disc_tx,
                                 preseg_model=preseg_model, config=config)
-    train_step = jax.jit(step_fn, in_shardings=(state_shardings, data_sharding, None, None),
-                         out_shardings=(state_shardings, None), donate_argnums=0)
-    run_step = lambda s, b: train_step(s, b, train_rng, preseg_vars)
+    extra_args = (preseg_vars,)
+  train_step = jax.jit(faults.guard_nonfinite(step_fn, config.nonfinite),
+                       in_shardings=(state_shardings, data_sharding) + (None,) * (1 + len(extra_args)),
+                       out_shardings=(state_shardings, None), donate_argnums=0)
+  compiled_step = None
   predict = _make_predict(config, model, preseg_model, mesh)
 
   def run_eval(split: str, step: int, variables) -> dict[str, float]:
     batches = input_pipeline.eval_batches(
-        config, split, process_index=jax.process_index(), process_count=jax.process_count(),
+        config, split, process_index=batch_block, process_count=jax.process_count(),
         per_process_batch=per_process_batch, max_examples=config.get('max_eval_examples'))
     which = tuple(config.eval_metrics)
     results, samples = eval_lib.evaluate(
@@ -321,51 +342,80 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       eval_lib.write_results(workdir, split, step, results, samples, keys)
     return results
 
-  # Loop.
-  report = writers.periodic_actions.ReportProgress(
-      num_train_steps=total_steps, writer=writer, every_steps=config.log_every)
-  hooks = [report] if is_main else []
+  # Loop. Hooks on process 0: steps/s, images/s and ETA every log step; an
+  # optional profile trace into the workdir.
   train_metrics = None
   step = start_step
-  stop_at = config.get('stop_at_step') or total_steps
-  with writers.metric_writers.ensure_flushes(writer):
-    while step < min(total_steps, stop_at):
-      with jax.profiler.StepTraceAnnotation('train', step_num=step):
-        batch = sharding.to_global(next(train_iter), mesh)
-        state, step_metrics = run_step(state, batch)
-      step += 1
-      metric = metrics_lib.average_collection(step_metrics).single_from_model_output(
-          **step_metrics)
-      train_metrics = metric if train_metrics is None else train_metrics.merge(metric)
-      for hook in hooks:
-        hook(step)
-      if step % config.log_every == 0 or step == total_steps:
-        values = {k: float(v) for k, v in train_metrics.compute().items()}
-        if not all(np.isfinite(v) for v in values.values()):
-          raise NonFiniteLossError(
-              f'Non-finite training metrics at step {step}: {values}. The last good '
-              f'checkpoint in {manager.directory} is kept.')
-        writer.write_scalars(step, {f'train/{k}': v for k, v in values.items()})
-        train_metrics = None
-      if step % config.checkpoint_every == 0 or step == total_steps or step == stop_at:
-        # Never let a diverged state overwrite the last good checkpoint.
-        if not np.isfinite(float(step_metrics['loss'])):
-          raise NonFiniteLossError(
-              f'Non-finite loss at step {step}; not saved. The last good checkpoint '
-              f'in {manager.directory} is kept.')
-        checkpointing.save(manager, step, state, train_iter, force=True)
-      if config.eval_every and (step % config.eval_every == 0) and step != total_steps:
-        run_eval('validation', step, _eval_variables(state, config))
-    manager.wait_until_finished()
-    results = {}
-    if step == total_steps:
-      variables = _eval_variables(state, config)
-      results = {'validation': run_eval('validation', step, variables)}
-      if config.get('eval_test', True):
-        results['test'] = run_eval('test', step, variables)
-  manager.close()
-  if hasattr(train_iter, 'close'):
-    train_iter.close()
+  stop_at = min(total_steps, config.get('stop_at_step') or total_steps)
+  hooks = []
+  if is_main:
+    hooks.append(writers.ReportProgress(
+        num_train_steps=total_steps, batch_size=config.batch_size, writer=writer,
+        every_steps=config.log_every))
+    if config.profile_steps:
+      # From step 10 after the start (past compilation), earlier in short runs.
+      first = start_step + max(1, min(10, stop_at - start_step - config.profile_steps))
+      hooks.append(writers.periodic_actions.Profile(
+          logdir=workdir, num_profile_steps=config.profile_steps, profile_duration_ms=None,
+          first_profile=first, every_secs=None))
+  nonfinite = faults.NonFiniteWatch(config.nonfinite, manager.directory)
+  preempted = False
+  try:
+    with writers.metric_writers.ensure_flushes(writer), faults.Preemption(manager) as preemption:
+      while step < stop_at:
+        with jax.profiler.StepTraceAnnotation('train', step_num=step):
+          batch = sharding.to_global(next(train_iter), mesh)
+          if compiled_step is None:
+            # Compile first; multi-host, every process then waits for the
+            # others (whose compile may take longer than gloo's 30 s).
+            compiled_step = train_step.lower(state, batch, train_rng, *extra_args).compile()
+            sharding.barrier(f'bgmat_step_compiled_{step}')
+          state, step_metrics = compiled_step(state, batch, train_rng, *extra_args)
+        step += 1
+        finite = step_metrics.pop('finite')
+        nonfinite.add(step, finite)
+        # 'skip': skipped steps do not count in the averages ('stop' raises).
+        # (clu masks need a leading axis.)
+        metric = metrics_lib.average_collection(step_metrics).single_from_model_output(
+            **{k: v[None] for k, v in step_metrics.items()},
+            mask=finite[None] if config.nonfinite == 'skip' else None)
+        train_metrics = metric if train_metrics is None else train_metrics.merge(metric)
+        for hook in hooks:
+          hook(step)
+        faults.hang_if_asked(config, step, manager, preemption)
+        # Every process reaches the same answer at the same step (multi-host:
+        # JAX's preemption sync point), so all of them save below.
+        preempted = preemption.reached(step)
+        if step % config.log_every == 0 or step == total_steps or preempted:
+          nonfinite.check()
+          values = faults.finite_values(
+              {k: float(v) for k, v in train_metrics.compute().items()})
+          values['skipped_steps'] = int(state['skipped_steps'].addressable_data(0))
+          writer.write_scalars(step, {f'train/{k}': v for k, v in values.items()})
+          writer.write_scalars(step, faults.memory_scalars())
+          train_metrics = None
+        if (step % config.checkpoint_every == 0 or step == total_steps or step == stop_at
+            or preempted):
+          nonfinite.check()  # Never let a diverged state overwrite a good checkpoint.
+          checkpointing.save(manager, step, state, train_iter, force=True)
+        if preempted:
+          logging.warning('Preempted (SIGTERM): saved a checkpoint at step %d in %s; '
+                          'stopping. Run again to resume.', step, manager.directory)
+          break
+        if config.eval_every and (step % config.eval_every == 0) and step != total_steps:
+          run_eval('validation', step, _eval_variables(state, config))
+      manager.wait_until_finished()
+      results = {}
+      if step == total_steps and not preempted:
+        variables = _eval_variables(state, config)
+        results = {'validation': run_eval('validation', step, variables)}
+        if config.get('eval_test', True):
+          results['test'] = run_eval('test', step, variables)
+  finally:
+    # Waits for a save in flight: on an error the last good checkpoint is whole.
+    manager.close()
+    if hasattr(train_iter, 'close'):
+      train_iter.close()
   return results
 
 

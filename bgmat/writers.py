@@ -129,6 +129,9 @@ class JsonlWriter(metric_writers.MetricWriter):
     record = {'step': int(step)}
     record.update({k: float(v) for k, v in scalars.items()})
     self._file.write(json.dumps(record) + '\n')
+    # One line per log step: flushed at once so that a killed run's log holds
+    # every step it reported.
+    self._file.flush()
 
   def write_images(self, step, images):
     del step, images
@@ -153,6 +156,24 @@ class JsonlWriter(metric_writers.MetricWriter):
 
   def close(self):
     self._file.close()
+
+
+class ReportProgress(periodic_actions.ReportProgress):
+  """clu's ReportProgress (steps/s; progress and ETA in the log) that also
+  writes images_per_sec and eta_seconds."""
+
+  def __init__(self, *, batch_size: int, **kwargs):
+    super().__init__(**kwargs)
+    self._batch_size = batch_size
+
+  def _apply(self, step: int, t: float):
+    steps_per_sec = (step - self._previous_step) / (t - self._previous_time)
+    super()._apply(step, t)
+    if self._writer is not None:
+      scalars = {'images_per_sec': steps_per_sec * self._batch_size}
+      if self._num_train_steps:
+        scalars['eta_seconds'] = (self._num_train_steps - step) / steps_per_sec
+      self._writer.write_scalars(step, scalars)
 
 
 def create_writer(workdir: str, *, is_main: bool) -> metric_writers.MetricWriter:

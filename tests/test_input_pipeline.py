@@ -68,6 +68,33 @@ def test_process_shards_are_disjoint(tiny_data):
   assert not np.array_equal(seen[0]['alpha'], seen[1]['alpha'])
 
 
+def test_global_batches_do_not_depend_on_process_count(tiny_data):
+  """Process p's batches are rows [p * P, (p + 1) * P) of the 1-process global
+  batches (augmentation included), so multi-host training sees the same data."""
+  config = _config(tiny_data)
+  single = _take(iter(input_pipeline.create_train_dataset(
+      config, process_index=0, process_count=1, per_process_batch=8)), 3)
+  parts = [_take(iter(input_pipeline.create_train_dataset(
+      config, process_index=p, process_count=2, per_process_batch=4)), 3) for p in range(2)]
+  joined = [{k: np.concatenate([parts[0][b][k], parts[1][b][k]]) for k in single[b]}
+            for b in range(3)]
+  _assert_batches_equal(single, joined)
+
+
+def test_eval_batches_do_not_depend_on_process_count(tiny_data):
+  config = _config(tiny_data)
+  single = list(input_pipeline.eval_batches(
+      config, 'validation', process_index=0, process_count=1, per_process_batch=2))
+  parts = [list(input_pipeline.eval_batches(
+      config, 'validation', process_index=p, process_count=2, per_process_batch=1))
+      for p in range(2)]
+  assert len(single) == len(parts[0]) == len(parts[1]) == 2
+  for b, batch in enumerate(single):
+    for key in batch:
+      np.testing.assert_array_equal(
+          batch[key], np.concatenate([parts[0][b][key], parts[1][b][key]]), err_msg=key)
+
+
 def test_exact_resume_from_iterator_state(tiny_data):
   config = _config(tiny_data)
   dataset = input_pipeline.create_train_dataset(

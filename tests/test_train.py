@@ -128,3 +128,24 @@ def test_init_from_converted_encoder(tmp_path):
     np.testing.assert_array_equal(target, value)
   np.testing.assert_array_equal(host['params']['logits']['kernel'],
                                 sharding.to_host(state['params'])['logits']['kernel'])
+
+
+def test_bfloat16_compute_keeps_float32_state(tiny_data, tmp_path):
+  """config.dtype='bfloat16': bf16 activations, float32 params / optimizer
+  state, finite float32 losses."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  config = _tiny_preseg(tiny_data, dtype='bfloat16', num_train_steps=2, eval_test=False)
+  model = train.build_networks(config)[0]
+  assert model.dtype == jnp.bfloat16
+  results = train.train_and_evaluate(config, str(tmp_path))
+  losses = _train_losses(str(tmp_path))
+  assert len(losses) == 1 and all(np.isfinite(losses))
+  assert all(np.isfinite(v) for v in results['validation'].values())
+  state = checkpointing.restore_state_only(str(tmp_path))
+  floats = [x for x in jax.tree.leaves(state) if np.issubdtype(x.dtype, np.floating)]
+  assert floats and all(x.dtype == np.float32 and np.isfinite(x).all() for x in floats)
+  # The activations really are bf16 (the model returns float32 logits).
+  image = np.zeros((1, config.image_size, config.image_size, 3), np.float32)
+  jaxpr = jax.make_jaxpr(lambda v: model.apply(v, image, train=False))(
+      {'params': state['params'], 'batch_stats': state['batch_stats']})
+  assert 'conv_general_dilated' in str(jaxpr) and 'bf16[1,' in str(jaxpr)
