@@ -1,0 +1,159 @@
+r"""Baselines for the method's comparisons: closed-form matting with a trimap.
+
+  python -m bgmat.baselines --config configs/closed_form.py:demo \
+      --workdir runs/demo/closed_form --config.data_dir=./data \
+      --config.preseg_workdir=runs/demo/preseg
+
+Closed-form matting (Levin, Lischinski, Weiss 2008; pymatting's
+`estimate_alpha_cf`) needs a trimap. It comes from the pre-segmentation
+(`trimap_from_prob`: thresholds + a band, see configs/closed_form.py) or, as an
+upper bound, from the ground truth. The automatic baseline (pre-segmentation
+used directly as alpha) needs no code of its own: it is `sigmoid(logits)`.
+
+Writes WORKDIR/config.json and WORKDIR/eval/<split>_metrics.json (the same
+keys as a trained run's, under 'alpha/').
+"""
+
+import json
+import os
+
+from absl import app
+from absl import flags
+import jax
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+import scipy.ndimage as ndi
+
+from bgmat import evaluate as eval_lib
+from bgmat import input_pipeline
+from bgmat import metrics as metrics_lib
+from bgmat import trimap as trimap_lib
+
+
+def trimap_from_prob(prob: np.ndarray, fg_threshold: float, bg_threshold: float,
+                     radius: int) -> np.ndarray:
+  """Trimap {0, 0.5, 1} from a foreground probability (H, W[, 1]) in [0, 1].
+
+  Sure foreground: no pixel with prob < fg_threshold within `radius` (square
+  neighbourhood); sure background: no pixel with prob > bg_threshold within
+  `radius`; everything else unknown.
+  """
+  prob = np.asarray(prob, np.float32)
+  squeeze = prob.ndim == 3
+  prob2d = prob[..., 0] if squeeze else prob
+  size = 2 * radius + 1
+  near_not_fg = ndi.maximum_filter(prob2d < fg_threshold, size=size, mode='nearest')
+  near_not_bg = ndi.maximum_filter(prob2d > bg_threshold, size=size, mode='nearest')
+  trimap = np.full(prob2d.shape, 0.5, np.float32)
+  trimap[~near_not_fg] = 1.0
+  trimap[~near_not_bg] = 0.0
+  return trimap[..., None] if squeeze else trimap
+
+
+def gt_trimap(alpha: np.ndarray, radius: int) -> np.ndarray:
+  """The evaluation's trimap (H, W, 1) {0, 0.5, 1} from a ground-truth alpha in [0, 1]."""
+  trimap = trimap_lib.trimap_from_alpha(alpha[..., 0], radius)
+  return (trimap.astype(np.float32) / 255.0).round(1)[..., None]
+
+
+def closed_form_alpha(image: np.ndarray, trimap: np.ndarray, cg_maxiter: int = 2000) -> np.ndarray:
+  """Closed-form matting. image (H, W, 3), trimap (H, W[, 1]) in [0, 1] -> alpha (H, W, 1).
+
+  A trimap without unknown pixels is returned as the alpha (nothing to solve);
+  one without any known pixel has no constraint: all zeros.
+  """
+  import pymatting  # pylint: disable=g-import-not-at-top
+  trimap2d = np.asarray(trimap, np.float64).reshape(image.shape[:2])
+  unknown = (trimap2d > 0.25) & (trimap2d < 0.75)
+  if not unknown.any():
+    return trimap2d.astype(np.float32)[..., None]
+  if unknown.all():
+    return np.zeros(image.shape[:2] + (1,), np.float32)
+  alpha = pymatting.estimate_alpha_cf(
+      np.asarray(image, np.float64), trimap2d, cg_kwargs=dict(maxiter=cg_maxiter))
+  return np.clip(alpha, 0.0, 1.0).astype(np.float32)[..., None]
+
+
+def closed_form_batch(images: np.ndarray, trimaps: np.ndarray, cg_maxiter: int = 2000) -> np.ndarray:
+  """closed_form_alpha over a batch: (N, H, W, 3), (N, H, W, 1) -> (N, H, W, 1)."""
+  return np.stack([closed_form_alpha(i, t, cg_maxiter) for i, t in zip(images, trimaps)])
+
+
+def preseg_prob_fn(preseg_workdir: str):
+  """jitted image (N, H, W, 3) -> stage-1 foreground probability (N, H, W, 1)."""
+  from bgmat import train  # pylint: disable=g-import-not-at-top
+  module, variables = train.load_frozen_preseg(preseg_workdir)
+  apply = jax.jit(lambda v, x: jax.nn.sigmoid(module.apply(v, x, train=False)))
+  return lambda images: np.asarray(apply(variables, images))
+
+
+def evaluate_closed_form(config, split: str, preseg_prob=None) -> tuple[dict, dict]:
+  """Test-split metrics of closed-form matting under `config` (configs/closed_form.py).
+
+  Returns (metrics 'alpha/<name>' -> mean, samples of the first batch).
+  """
+  if config.trimap_source not in ('gt', 'preseg'):
+    raise ValueError(f"trimap_source must be 'gt' or 'preseg', got {config.trimap_source!r}")
+  if config.trimap_source == 'preseg' and preseg_prob is None:
+    raise ValueError('trimap_source=preseg needs the pre-segmentation (preseg_workdir)')
+  accumulator = metrics_lib.MattingEvalAccumulator()
+  samples = None
+  for batch in input_pipeline.eval_batches(
+      config, split, process_index=0, process_count=1, per_process_batch=config.batch_size,
+      max_examples=config.get('max_eval_examples')):
+    valid = batch['valid'] > 0
+    if not valid.any():
+      continue
+    images, alphas = batch['image'][valid], batch['alpha'][valid]
+    if config.trimap_source == 'gt':
+      trimaps = np.stack([gt_trimap(a, config.trimap_radius) for a in alphas])
+    else:
+      probs = preseg_prob(images)
+      trimaps = np.stack([trimap_from_prob(p, config.fg_threshold, config.bg_threshold,
+                                           config.band_radius) for p in probs])
+    pred = closed_form_batch(images, trimaps, config.cg_maxiter)
+    accumulator.update(metrics_lib.batch_eval_metrics(
+        pred, alphas, batch['trimap'][valid], which=tuple(config.eval_metrics)))
+    if samples is None:
+      samples = {'image': images, 'alpha': pred, 'trimap': trimaps}
+  results = accumulator.compute()
+  if not results:
+    raise ValueError(f'No {split} examples in {config.dataset} ({config.data_dir})')
+  return {f'alpha/{k}': v for k, v in results.items()}, samples
+
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/closed_form.py:<arg>.')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory.')
+_SPLIT = flags.DEFINE_string('split', 'test', 'Split to evaluate.')
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, split: str = 'test') -> dict:
+  """Evaluates the baseline and writes config.json + eval/<split>_metrics.json."""
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  preseg_prob = None
+  if config.trimap_source == 'preseg':
+    path = config.preseg_workdir
+    if not os.path.isabs(path):
+      path = os.path.join(os.path.dirname(workdir), path)
+    preseg_prob = preseg_prob_fn(path)
+  results, samples = evaluate_closed_form(config, split, preseg_prob)
+  tmp = os.path.join(workdir, 'config.json.tmp')
+  with open(tmp, 'w', encoding='utf-8') as f:
+    f.write(config.to_json_best_effort(indent=1))
+  os.replace(tmp, os.path.join(workdir, 'config.json'))
+  eval_lib.write_results(workdir, split, 0, results, samples, ['alpha'])
+  return results
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if _WORKDIR.value is None:
+    raise app.UsageError('--workdir is required')
+  print(json.dumps(run(_CONFIG.value, _WORKDIR.value, _SPLIT.value), indent=1, sort_keys=True))
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,63 @@
+"""Smoke tests of the benchmarks: they run at tiny size and print full tables."""
+
+import jax
+import numpy as np
+import pytest
+
+from bench import input_pipeline as pipeline_bench
+from bench import train_step as step_bench
+
+
+def test_peer_twin_has_the_peers_parameters():
+  """The JAX twin (smp head) and the PyTorch peer are the same architecture."""
+  peer_torch = pytest.importorskip('bench.peer_torch')
+  pytest.importorskip('segmentation_models_pytorch')
+  from bgmat.models.deeplab import DeepLabV3Plus  # pylint: disable=g-import-not-at-top
+  ours = DeepLabV3Plus(backbone='xception_tiny', head='smp', aspp_channels=32,
+                       decoder_channels=32)
+  shapes = jax.eval_shape(lambda: ours.init(jax.random.key(0), np.zeros((1, 32, 32, 3),
+                                                                        np.float32)))
+  count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes['params']))
+  assert count == peer_torch.param_count(peer_torch.build_peer('xception_tiny', 32))
+
+
+def test_xla_flops_reads_both_cost_analysis_forms():
+  compiled = jax.jit(lambda a, b: a @ b).lower(
+      np.ones((8, 16), np.float32), np.ones((16, 4), np.float32)).compile()
+  assert step_bench.xla_flops(compiled) == pytest.approx(2 * 8 * 16 * 4, rel=0.01)
+
+  class Listed:
+    def cost_analysis(self):
+      return [{'flops': 12.0}]
+  assert step_bench.xla_flops(Listed()) == 12.0
+
+
+def test_train_step_bench_tiny_with_peer(tmp_path, capsys):
+  pytest.importorskip('segmentation_models_pytorch')
+  out = tmp_path / 'table.md'
+  step_bench.main(['--preset', 'tiny', '--steps', '1', '--batch', '2',
+                   '--peer_modes', 'eager', '--out', str(out)])
+  printed = capsys.readouterr().out
+  rows = [line for line in printed.splitlines() if line.startswith('| preseg') or
+          line.startswith('| matting')]
+  assert len(rows) == 4, printed  # config model, JAX twin, peer eager, matting
+  twin, peer = rows[1], rows[2]
+  assert 'bgmat JAX' in twin and 'PyTorch smp, eager' in peer and 'failed' not in peer
+  ratio = float(peer.rstrip(' |').rsplit('|', 1)[1])
+  assert np.isfinite(ratio) and ratio > 0
+  for row in rows:
+    cells = [c.strip() for c in row.strip('|').split('|')]
+    assert float(cells[6]) > 0 and cells[8].endswith('%'), row  # images/s, MFU
+  assert out.read_text().startswith('`python -m bench.train_step --preset tiny')
+
+
+def test_input_pipeline_bench_tiny(tmp_path, capsys):
+  pipeline_bench.main(['--size', '32', '--num_train', '8', '--batch', '4', '--batches', '2',
+                       '--workers', '0', '--config_size', 'tiny', '--no_step',
+                       '--data_dir', str(tmp_path / 'data'), '--out', str(tmp_path / 'p.md')])
+  printed = capsys.readouterr().out
+  worker_rows = [line for line in printed.splitlines() if line.startswith('| 0 |')]
+  assert len(worker_rows) == 1 and float(worker_rows[0].split('|')[2]) > 0
+  consumers = [line for line in printed.splitlines() if 'ESTIMATE' in line]
+  assert len(consumers) == 2  # preseg and matting steps on the reference GPU
+  assert (tmp_path / 'p.md').exists()
