@@ -118,6 +118,7 @@ def evaluate_rows(runs: list[Run], preseg_prob, args, log=print) -> list[dict]:
     cf = closed_form_configs.get_config(cf_arg + (',gt_trimap' if source == 'gt' else ''))
     for key in ('dataset', 'data_dir', 'image_size', 'trimap_radius', 'max_eval_examples'):
       cf[key] = template[key]
+    cf.eval_metrics = METRICS  # Every row gets all four, whatever the config's size.
     results, _ = baselines.evaluate_closed_form(cf, args.split, preseg_prob)
     trimap = ('pre-segmentation (p>=%g / p<=%g, band %d px)' % (
         cf.fg_threshold, cf.bg_threshold, cf.band_radius) if source == 'preseg'
@@ -240,12 +241,12 @@ def results_table(rows: list[dict]) -> list[str]:
 def _compare(first: dict, second: dict, keys) -> tuple[int, int, str]:
   """(wins of row `first` over `second`, metrics compared, detail); IoU up, errors down."""
   wins, parts = 0, []
-  for key in keys:
+  for key in [k for k in keys if first.get(k) is not None and second.get(k) is not None]:
     a, b = first[key], second[key]
     win = a > b if key == 'iou' else a < b
     wins += int(win)
     parts.append(f'{key} {_fmt(a)} vs {_fmt(b)}')
-  return wins, len(keys), '; '.join(parts)
+  return wins, len(parts), '; '.join(parts)
 
 
 def verdicts(rows: list[dict]) -> list[str]:
@@ -276,9 +277,9 @@ def verdicts(rows: list[dict]) -> list[str]:
   adv = next((m for m in methods if m.startswith('matting, adversarial')), None)
   if cf_preseg and adv:
     adv_row = next(r for r in rows if r['method'] == adv)
-    wins = sum(adv_row[k] < cf_preseg[k] for k in COLUMNS[1:])
+    wins, total, _ = _compare(adv_row, cf_preseg, COLUMNS[1:])
     lines.append(f'- the automatic method vs closed-form matting with a trimap from the same '
-                 f'pre-segmentation: the matting stage is better on {wins} of 8 numbers.')
+                 f'pre-segmentation: the matting stage is better on {wins} of {total} numbers.')
   return lines
 
 
