@@ -134,13 +134,17 @@ def test_bfloat16_compute_keeps_float32_state(tiny_data, tmp_path):
   """config.dtype='bfloat16': bf16 activations, float32 params / optimizer
   state, finite float32 losses."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  config = _tiny_preseg(tiny_data, dtype='bfloat16', num_train_steps=2, eval_test=False)
+  config = _tiny_preseg(tiny_data, dtype='bfloat16', num_train_steps=2, eval_test=False,
+                        profile_steps=1)
   model = train.build_networks(config)[0]
   assert model.dtype == jnp.bfloat16
   results = train.train_and_evaluate(config, str(tmp_path))
   losses = _train_losses(str(tmp_path))
   assert len(losses) == 1 and all(np.isfinite(losses))
   assert all(np.isfinite(v) for v in results['validation'].values())
+  # The Profile hook (profile_steps) wrote a trace.
+  traces = [f for _, _, files in os.walk(tmp_path / 'plugins' / 'profile') for f in files]
+  assert any(f.endswith('.xplane.pb') for f in traces), traces
   state = checkpointing.restore_state_only(str(tmp_path))
   floats = [x for x in jax.tree.leaves(state) if np.issubdtype(x.dtype, np.floating)]
   assert floats and all(x.dtype == np.float32 and np.isfinite(x).all() for x in floats)
