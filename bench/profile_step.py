@@ -41,6 +41,7 @@ from bench import peer_torch
 from bench import train_step
 from bgmat import sharding
 from bgmat import train
+import configs.matting as matting_configs
 
 _INSTR = re.compile(r'^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(\S+)\s+([\w\-]+)\(')
 _COMP = re.compile(r'^(?:ENTRY\s+)?%([\w.\-]+)\s')
@@ -136,23 +137,43 @@ def build_jax_step(preset: str, size: int, batch: int):
   data = sharding.to_global(numpy_batch, mesh)
   step = functools.partial(train.preseg_step, model=model, tx=tx, config=twin)
   compiled = jax.jit(step, donate_argnums=0).lower(state, data, rng).compile()
-  return compiled, state, data, rng, twin
+  return compiled, state, (data, rng), twin
 
 
-def profile_jax(preset: str, size: int, batch: int, steps: int) -> dict:
+def build_matting_step(preset: str, size: int, batch: int):
+  """(compiled step, state, step args, config) of the GAN matting step, as train_step."""
+  config = matting_configs.get_config(preset)
+  config.image_size, config.batch_size = size, batch
+  config.prior = 'perturbed_gt'  # No stage-1 model; its cost is inference only.
+  mesh = sharding.create_mesh(config.mesh, jax.devices()[:1])
+  networks = train.build_networks(config)
+  model, tx, disc, disc_tx = networks
+  rng = jax.random.key(0, impl=config.rng_impl)
+  init_fn, _, shardings = train.sharded_init(config, mesh, networks, rng)
+  state = jax.jit(init_fn, out_shardings=shardings)(rng)
+  # pylint: disable-next=protected-access
+  data = sharding.to_global(train_step._synthetic_batch(size, batch), mesh)
+  step = functools.partial(train.matting_step, model=model, tx=tx, disc=disc,
+                           disc_tx=disc_tx, preseg_model=None, config=config)
+  compiled = jax.jit(step, donate_argnums=0).lower(state, data, rng, None).compile()
+  return compiled, state, (data, rng, None), config
+
+
+def profile_jax(preset: str, size: int, batch: int, steps: int, stage: str = 'preseg') -> dict:
   """Per-category and per-thunk op time of `steps` profiled steps."""
   start = time.perf_counter()
-  compiled, state, data, rng, _ = build_jax_step(preset, size, batch)
+  build = build_jax_step if stage == 'preseg' else build_matting_step
+  compiled, state, step_args, _ = build(preset, size, batch)
   compile_s = time.perf_counter() - start
   instrs = parse_hlo(compiled.as_text())
-  state, metrics = compiled(state, data, rng)  # Warm-up.
+  state, metrics = compiled(state, *step_args)  # Warm-up.
   jax.block_until_ready(metrics)
   log_dir = tempfile.mkdtemp(prefix='bgmat_profile_')
   try:
     with jax.profiler.trace(log_dir):
       start = time.perf_counter()
       for _ in range(steps):
-        state, metrics = compiled(state, data, rng)
+        state, metrics = compiled(state, *step_args)
       jax.block_until_ready((state, metrics))
       wall = (time.perf_counter() - start) / steps
     paths = glob.glob(os.path.join(log_dir, '**', '*.trace.json.gz'), recursive=True)
@@ -259,18 +280,21 @@ def main(argv=None):
   parser.add_argument('--steps', type=int, default=2, help='profiled steps per side')
   parser.add_argument('--peer_steps', type=int, default=0, help='0: --steps')
   parser.add_argument('--skip_peer', action='store_true')
+  parser.add_argument('--stage', default='preseg', choices=['preseg', 'matting'],
+                      help='matting: the GAN step (generator + PatchGAN); no peer')
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   import torch  # pylint: disable=g-import-not-at-top
   print(f'jax {jax.__version__} ({jax.devices()[0].device_kind}), torch {torch.__version__} '
         f'({torch.get_num_threads()} threads), {os.cpu_count()} CPU cores; preset '
-        f'{args.preset}, smp head, {args.size} px, batch {args.batch}', flush=True)
-  ours = profile_jax(args.preset, args.size, args.batch, args.steps)
+        f'{args.preset}, {"smp head" if args.stage == "preseg" else "GAN matting step"}, '
+        f'{args.size} px, batch {args.batch}', flush=True)
+  ours = profile_jax(args.preset, args.size, args.batch, args.steps, args.stage)
   print(f'\nbgmat JAX: compile {ours["compile_s"]:.1f} s, {ours["thunks"]} HLO instructions, '
         f'{ours["unknown"]} thunk events not found in the HLO\n')
   print('\n'.join(table(ours['by_cat'], ours['wall'], 'bgmat JAX category')))
   print()
   print('\n'.join(table(ours['by_op'], ours['wall'], 'bgmat JAX thunk (name prefix)', 15)))
-  if not args.skip_peer:
+  if not args.skip_peer and args.stage == 'preseg':
     peer = profile_torch(args.preset, args.size, args.batch, args.peer_steps or args.steps)
     print(f'\nPyTorch smp eager (NCHW), {peer["threads"]} threads\n')
     print('\n'.join(table(peer['by_cat'], peer['wall'], 'PyTorch category')))
