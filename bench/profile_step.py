@@ -23,7 +23,6 @@ per step is printed next to them.
 
 import argparse
 import collections
-import functools
 import glob
 import gzip
 import json
@@ -39,8 +38,6 @@ import numpy as np
 
 from bench import peer_torch
 from bench import train_step
-from bgmat import sharding
-from bgmat import train
 import configs.matting as matting_configs
 
 _INSTR = re.compile(r'^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(\S+)\s+([\w\-]+)\(')
@@ -123,48 +120,23 @@ def classify(name: str, instr: dict | None) -> str:
 
 
 def build_jax_step(preset: str, size: int, batch: int):
-  """(compiled step, state, batch, rng, config) of the smp-head twin, as train_step."""
+  """(compiled step, state, step args, compile s) of the smp-head twin, as train_step."""
   args = argparse.Namespace(preset=preset, batch=batch, size=size, dtype='float32')
   _, twin, _, _ = train_step._configs(args, on_gpu=False)  # pylint: disable=protected-access
-  mesh = sharding.create_mesh(twin.mesh, jax.devices()[:1])
-  networks = train.build_networks(twin)
-  model, tx = networks[0], networks[1]
-  rng = jax.random.key(0, impl=twin.rng_impl)
-  init_fn, _, shardings = train.sharded_init(twin, mesh, networks, rng)
-  state = jax.jit(init_fn, out_shardings=shardings)(rng)
-  # pylint: disable-next=protected-access
-  numpy_batch = train_step._synthetic_batch(twin.image_size, twin.batch_size)
-  data = sharding.to_global(numpy_batch, mesh)
-  step = functools.partial(train.preseg_step, model=model, tx=tx, config=twin)
-  compiled = jax.jit(step, donate_argnums=0).lower(state, data, rng).compile()
-  return compiled, state, (data, rng), twin
+  return train_step.compile_step(twin)
 
 
 def build_matting_step(preset: str, size: int, batch: int):
-  """(compiled step, state, step args, config) of the GAN matting step, as train_step."""
+  """(compiled step, state, step args, compile s) of the GAN matting step, as train_step."""
   config = matting_configs.get_config(preset)
   config.image_size, config.batch_size = size, batch
-  config.prior = 'perturbed_gt'  # No stage-1 model; its cost is inference only.
-  mesh = sharding.create_mesh(config.mesh, jax.devices()[:1])
-  networks = train.build_networks(config)
-  model, tx, disc, disc_tx = networks
-  rng = jax.random.key(0, impl=config.rng_impl)
-  init_fn, _, shardings = train.sharded_init(config, mesh, networks, rng)
-  state = jax.jit(init_fn, out_shardings=shardings)(rng)
-  # pylint: disable-next=protected-access
-  data = sharding.to_global(train_step._synthetic_batch(size, batch), mesh)
-  step = functools.partial(train.matting_step, model=model, tx=tx, disc=disc,
-                           disc_tx=disc_tx, preseg_model=None, config=config)
-  compiled = jax.jit(step, donate_argnums=0).lower(state, data, rng, None).compile()
-  return compiled, state, (data, rng, None), config
+  return train_step.compile_step(config)
 
 
 def profile_jax(preset: str, size: int, batch: int, steps: int, stage: str = 'preseg') -> dict:
   """Per-category and per-thunk op time of `steps` profiled steps."""
-  start = time.perf_counter()
   build = build_jax_step if stage == 'preseg' else build_matting_step
-  compiled, state, step_args, _ = build(preset, size, batch)
-  compile_s = time.perf_counter() - start
+  compiled, state, step_args, compile_s = build(preset, size, batch)
   instrs = parse_hlo(compiled.as_text())
   state, metrics = compiled(state, *step_args)  # Warm-up.
   jax.block_until_ready(metrics)

@@ -101,8 +101,9 @@ def _synthetic_batch(size: int, n: int) -> dict[str, np.ndarray]:
           'trimap': np.full((n, size, size, 1), 0.5, np.float32), 'prior': alpha}
 
 
-def bench_jax(config, steps: int) -> dict:
-  """images/s, FLOPs/step and compile time of a stage's jitted train step."""
+def compile_step(config):
+  """(compiled step, state, step args, compile seconds) of `config.stage`'s jitted
+  train step on one device, with a synthetic batch."""
   mesh = sharding.create_mesh(config.mesh, jax.devices()[:1])
   networks = train.build_networks(config)
   model, tx, disc, disc_tx = networks
@@ -112,20 +113,25 @@ def bench_jax(config, steps: int) -> dict:
   batch = sharding.to_global(_synthetic_batch(config.image_size, config.batch_size), mesh)
   if config.stage == 'preseg':
     step = functools.partial(train.preseg_step, model=model, tx=tx, config=config)
-    extra = ()
+    args = (batch, rng)
   else:
     config.prior = 'perturbed_gt'  # No stage-1 model here; its cost is inference only.
     step = functools.partial(train.matting_step, model=model, tx=tx, disc=disc,
                              disc_tx=disc_tx, preseg_model=None, config=config)
-    extra = (None,)
+    args = (batch, rng, None)
   start = time.perf_counter()
-  compiled = jax.jit(step, donate_argnums=0).lower(state, batch, rng, *extra).compile()
-  compile_s = time.perf_counter() - start
-  state, metrics = compiled(state, batch, rng, *extra)  # Warm-up.
+  compiled = jax.jit(step, donate_argnums=0).lower(state, *args).compile()
+  return compiled, state, args, time.perf_counter() - start
+
+
+def bench_jax(config, steps: int) -> dict:
+  """images/s, FLOPs/step and compile time of a stage's jitted train step."""
+  compiled, state, args, compile_s = compile_step(config)
+  state, metrics = compiled(state, *args)  # Warm-up.
   jax.block_until_ready(metrics)
   start = time.perf_counter()
   for _ in range(steps):
-    state, metrics = compiled(state, batch, rng, *extra)
+    state, metrics = compiled(state, *args)
   jax.block_until_ready((state, metrics))
   elapsed = time.perf_counter() - start
   if not np.isfinite(float(metrics['loss'])):
