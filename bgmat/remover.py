@@ -22,7 +22,6 @@ import json
 import os
 import sys
 from typing import Any, Sequence
-import warnings
 
 import jax
 import ml_collections
@@ -33,10 +32,11 @@ from PIL import ImageOps
 import tqdm
 
 from bgmat import foreground
+from bgmat import image_io
 from bgmat import resolution
 
 # Photos larger than this are refused as possible decompression bombs.
-MAX_PIXELS = 100_000_000
+MAX_PIXELS = image_io.MAX_PIXELS
 
 
 class InputError(ValueError):
@@ -46,26 +46,18 @@ class InputError(ValueError):
 def load_image(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
   """Reads a photo as (H, W, 3) uint8 RGB, upright per its EXIF orientation."""
   try:
-    with warnings.catch_warnings():
-      warnings.simplefilter('error', Image.DecompressionBombWarning)
-      with Image.open(path) as img:
-        if img.width * img.height > max_pixels:
-          raise InputError(f'{path}: {img.width}x{img.height} pixels is over the '
-                           f'limit of {max_pixels} (possible decompression bomb)')
-        img.load()
-        img = ImageOps.exif_transpose(img)
-        if img.mode in ('I;16', 'I;16B', 'I;16L', 'I'):
-          array = np.asarray(img, dtype=np.float64)
-          img = Image.fromarray(np.clip(array / 257.0, 0, 255).astype(np.uint8))
-        if img.mode in ('RGBA', 'LA', 'PA') or (img.mode == 'P' and 'transparency' in img.info):
-          img = img.convert('RGBA').convert('RGB')
-        return np.asarray(img.convert('RGB'))
-  except InputError:
-    raise
-  except FileNotFoundError as e:
-    raise InputError(f'{path}: no such file') from e
-  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
-          Image.DecompressionBombWarning) as e:
+    img = image_io.open_image(path, max_pixels)
+  except image_io.ImageReadError as e:
+    raise InputError(image_io.describe(e)) from e
+  try:
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ('I;16', 'I;16B', 'I;16L', 'I'):
+      array = np.asarray(img, dtype=np.float64)
+      img = Image.fromarray(np.clip(array / 257.0, 0, 255).astype(np.uint8))
+    if img.mode in ('RGBA', 'LA', 'PA') or (img.mode == 'P' and 'transparency' in img.info):
+      img = img.convert('RGBA').convert('RGB')
+    return np.asarray(img.convert('RGB'))
+  except (OSError, ValueError, SyntaxError) as e:
     raise InputError(f'{path}: not a readable image ({type(e).__name__}: {e})') from e
 
 

@@ -18,17 +18,17 @@ import dataclasses
 import io
 import os
 from typing import Any
-import warnings
 import zlib
 
 import numpy as np
 from PIL import Image
 from PIL import ImageOps
 
+from bgmat import image_io
 from data_prep import synthetic
 
 # Larger images are refused as possible decompression bombs (as bgmat.remover).
-MAX_PIXELS = 100_000_000
+MAX_PIXELS = image_io.MAX_PIXELS
 # An alpha of another size is resized onto its image only if their aspect
 # ratios agree this closely (the same picture at another resolution).
 ASPECT_TOLERANCE = 0.01
@@ -38,12 +38,8 @@ ALPHA_MISMATCH = ('resize', 'skip')
 _EXIF_ORIENTATION = 0x0112
 
 
-class BadInput(ValueError):
-  """A file that cannot be used; `reason` is a short code for the report."""
-
-  def __init__(self, file: str, reason: str, detail: str):
-    super().__init__(f'{file}: {reason}: {detail}')
-    self.file, self.reason, self.detail = str(file), reason, detail
+# A file that cannot be used; `reason` is a short code for the report.
+BadInput = image_io.ImageReadError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,26 +73,7 @@ class Source:
 
 def open_image(path: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
   """Opens and fully decodes `path`; raises BadInput for anything unusable."""
-  try:
-    with warnings.catch_warnings():
-      warnings.simplefilter('error', Image.DecompressionBombWarning)
-      with Image.open(path) as img:
-        if img.width * img.height > max_pixels:
-          raise BadInput(path, 'decompression_bomb',
-                         f'{img.width}x{img.height} pixels is over the limit of {max_pixels}')
-        img.load()
-        # The context manager closes the file; a copy keeps pixels and info.
-        return img.copy()
-  except BadInput:
-    raise
-  except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-    raise BadInput(path, 'decompression_bomb', str(e)) from e
-  except FileNotFoundError as e:
-    raise BadInput(path, 'missing', 'no such file') from e
-  except Image.UnidentifiedImageError as e:
-    raise BadInput(path, 'not_an_image', 'not a known image format') from e
-  except (OSError, ValueError, SyntaxError, EOFError) as e:
-    raise BadInput(path, 'unreadable', f'{type(e).__name__}: {e}') from e
+  return image_io.open_image(path, max_pixels)
 
 
 def _orientation(img: Image.Image) -> int:

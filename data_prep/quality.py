@@ -29,7 +29,6 @@ import dataclasses
 import json
 import multiprocessing
 import os
-import warnings
 
 from absl import app
 from absl import flags
@@ -37,6 +36,8 @@ import numpy as np
 from PIL import Image
 import scipy.fft
 import scipy.ndimage as ndi
+
+from bgmat import image_io
 
 ANALYSIS_SIDE = 256
 CLIP_DARK = 2
@@ -235,7 +236,7 @@ def thresholds_from_flags() -> Thresholds:
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.webp', '.bmp', '.tif', '.tiff', '.gif')
 # Mattes above this many pixels are refused (as bgmat.remover.MAX_PIXELS for photos).
-MAX_PIXELS = 100_000_000
+MAX_PIXELS = image_io.MAX_PIXELS
 
 
 def stem_of(path: str) -> str:
@@ -267,27 +268,18 @@ def load_mask(path: str, shape: tuple[int, int] | None = None) -> np.ndarray:
   of `shape` (H, W).
   """
   try:
-    with warnings.catch_warnings():
-      warnings.simplefilter('error', Image.DecompressionBombWarning)
-      with Image.open(path) as img:
-        if img.width * img.height > MAX_PIXELS:
-          raise ValueError(f'{path}: {img.width}x{img.height} pixels is over the limit of '
-                           f'{MAX_PIXELS} (possible decompression bomb)')
-        img.load()
-        if img.mode in ('I;16', 'I;16B', 'I;16L', 'I', 'F'):
-          values = np.asarray(img, np.float64)
-          # 16-bit mattes span 0..65535; float (TIFF) mattes 0..1 or 0..255.
-          scale = (1 / 257.0 if img.mode != 'F' else 255.0 if values.max() <= 1.0 else 1.0)
-          mask = np.clip(np.round(values * scale), 0, 255).astype(np.uint8)
-        elif img.mode in ('RGBA', 'LA', 'PA') or 'transparency' in img.info:
-          mask = np.asarray(img.convert('RGBA'))[..., 3]
-        else:
-          mask = np.asarray(img.convert('L'))
-  except FileNotFoundError as e:
-    raise ValueError(f'{path}: no such file') from e
-  except (OSError, SyntaxError, Image.DecompressionBombError,
-          Image.DecompressionBombWarning) as e:
-    raise ValueError(f'{path}: not a readable image ({type(e).__name__}: {e})') from e
+    img = image_io.open_image(path, MAX_PIXELS)
+  except image_io.ImageReadError as e:
+    raise ValueError(image_io.describe(e)) from e
+  if img.mode in ('I;16', 'I;16B', 'I;16L', 'I', 'F'):
+    values = np.asarray(img, np.float64)
+    # 16-bit mattes span 0..65535; float (TIFF) mattes 0..1 or 0..255.
+    scale = (1 / 257.0 if img.mode != 'F' else 255.0 if values.max() <= 1.0 else 1.0)
+    mask = np.clip(np.round(values * scale), 0, 255).astype(np.uint8)
+  elif img.mode in ('RGBA', 'LA', 'PA') or 'transparency' in img.info:
+    mask = np.asarray(img.convert('RGBA'))[..., 3]
+  else:
+    mask = np.asarray(img.convert('L'))
   if shape is not None and mask.shape != tuple(shape):
     raise ValueError(f'{path}: mask is {mask.shape[1]}x{mask.shape[0]} but the photo is '
                      f'{shape[1]}x{shape[0]} (width x height)')
