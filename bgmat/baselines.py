@@ -113,8 +113,9 @@ def evaluate_closed_form(config, split: str, preseg_prob=None) -> tuple[dict, di
       trimaps = np.stack([trimap_from_prob(p, config.fg_threshold, config.bg_threshold,
                                            config.band_radius) for p in probs])
     pred = closed_form_batch(images, trimaps, config.cg_maxiter)
-    accumulator.update(metrics_lib.batch_eval_metrics(
-        pred, alphas, batch['trimap'][valid], which=tuple(config.eval_metrics)))
+    accumulator.update(metrics_lib.region_eval_metrics(
+        pred, alphas, batch['trimap'][valid], batch['region'][valid],
+        which=tuple(config.eval_metrics)))
     if samples is None:
       samples = {'image': images, 'alpha': pred, 'trimap': trimaps}
   results = accumulator.compute()

@@ -7,6 +7,29 @@ has, so that a new experiment states just what it changes.
 import ml_collections
 
 
+def parse_arg(arg: str | None, sizes: tuple[str, ...], options: tuple[str, ...] = (),
+              default: str = 'demo') -> tuple[str, set[str]]:
+  """(size, options) of a config argument such as 'study,original', strictly.
+
+  Args:
+    arg: comma-separated words: at most one of `sizes`, any of `options`.
+    sizes: the valid size words; `default` is used when none is given.
+    options: the valid option words.
+  Raises:
+    ValueError: an unknown word, or more than one size, naming the valid words.
+  """
+  words = [w.strip() for w in (arg or '').split(',') if w.strip()]
+  unknown = [w for w in words if w not in sizes and w not in options]
+  if unknown:
+    raise ValueError(f'Unknown config argument word(s) {unknown} in {arg!r}; valid sizes: '
+                     f'{list(sizes)}, options: {list(options)}')
+  chosen = [w for w in words if w in sizes]
+  if len(chosen) > 1:
+    raise ValueError(f'More than one size in config argument {arg!r}: {chosen}; '
+                     f'choose one of {list(sizes)}')
+  return (chosen[0] if chosen else default), set(words) - set(chosen)
+
+
 def base(stage: str) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.stage = stage
@@ -24,8 +47,16 @@ def base(stage: str) -> ml_collections.ConfigDict:
   config.train_split = 'train'
   config.image_size = 128
   config.trimap_radius = 5
+  # Training augmentation (`input_pipeline.Augment`): crop (side a share of the
+  # short side, centred on the alpha edge with probability edge_bias) or, with
+  # probability letterbox_prob, the whole record letterboxed into the square
+  # as `bgmat remove` feeds the pre-segmentation; flips; with probability
+  # use_photo_prob the stored photo as it is, else the composite
+  # alpha * fg + (1 - alpha) * bg of the record's fg and bg, whose bg is with
+  # probability recomposite_prob another record's; colour jitter.
   config.aug = ml_collections.ConfigDict(dict(
-      crop_scale=(0.5, 1.0), edge_bias=0.5, flip=True, recomposite_prob=0.5, jitter=0.1))
+      crop_scale=(0.5, 1.0), edge_bias=0.5, flip=True, recomposite_prob=0.5, jitter=0.1,
+      use_photo_prob=0.0, letterbox_prob=0.0))
   config.input = ml_collections.ConfigDict(dict(worker_count=0, num_threads=4, prefetch=8))
 
   # Optimisation.

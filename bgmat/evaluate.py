@@ -43,9 +43,11 @@ def evaluate(predict_fn: Callable[[dict], dict], batches: Iterable[dict], mesh,
     if not valid.any():
       continue
     per_example = {}
+    region = host['region'][valid] if 'region' in host else None
     for key, pred in predictions.items():
-      for metric, values in metrics_lib.batch_eval_metrics(
-          pred[valid], host['alpha'][valid], host['trimap'][valid], which=which).items():
+      for metric, values in metrics_lib.region_eval_metrics(
+          pred[valid], host['alpha'][valid], host['trimap'][valid], region,
+          which=which).items():
         per_example[f'{key}__{metric}'] = values  # Field names: no '/'.
     batch_metrics = metrics_lib.average_collection(per_example).single_from_model_output(
         **per_example)

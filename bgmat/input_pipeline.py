@@ -151,9 +151,22 @@ def _trimap01(alpha_u8: np.ndarray, radius: int) -> np.ndarray:
   return (trimap.astype(np.float32) / 255.0).round(1)[..., None]
 
 
+def letterbox(array: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+  """(size, size, C) uint8: the long side resized to `size`, bottom/right
+  edge-padded, as `bgmat.resolution.letterbox` prepares photos for
+  `bgmat remove`; and the (height, width) of the photo inside it."""
+  height, width = array.shape[:2]
+  scale = size / max(height, width)
+  new_size = (max(1, round(height * scale)), max(1, round(width * scale)))
+  resized = _resize(array, new_size)
+  pad = ((0, size - new_size[0]), (0, size - new_size[1]), (0, 0))
+  return np.pad(resized, pad, mode='edge'), new_size
+
+
 @dataclasses.dataclass(frozen=True)
 class Augment:
-  """Training transform: crop at the edge, flip, re-composite, jitter."""
+  """Training transform: crop at the edge (or letterbox), flip, photo or
+  (re-)composite, jitter. See `config_defaults.base` for the fields."""
 
   source: Any
   image_size: int
@@ -164,13 +177,21 @@ class Augment:
   jitter: float = 0.1
   trimap_radius: int = 5
   prior: str = 'none'
+  use_photo_prob: float = 0.0
+  letterbox_prob: float = 0.0
 
   def __call__(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
     size = self.image_size
-    parts = _random_crop_resize(
-        {'fg': record['fg'], 'alpha': record['alpha'], 'bg': record['bg']},
-        record['alpha'], size, self.crop_scale, self.edge_bias, rng)
-    if self.recomposite_prob and rng.random() < self.recomposite_prob:
+    # Random draws only for the options in use, so that configs without them
+    # keep their exact example stream.
+    use_photo = bool(self.use_photo_prob) and rng.random() < self.use_photo_prob
+    keys = ('fg', 'alpha', 'bg') + (('image',) if use_photo else ())
+    if self.letterbox_prob and rng.random() < self.letterbox_prob:
+      parts = {k: letterbox(record[k], size)[0] for k in keys}
+    else:
+      parts = _random_crop_resize({k: record[k] for k in keys}, record['alpha'], size,
+                                  self.crop_scale, self.edge_bias, rng)
+    if not use_photo and self.recomposite_prob and rng.random() < self.recomposite_prob:
       # A new background: another example's, from a crop of its own.
       other = self.source[int(rng.integers(len(self.source)))]['bg']
       parts['bg'] = _random_crop_resize({'bg': other}, other[..., :1], size,
@@ -183,8 +204,14 @@ class Augment:
     alpha = alpha_u8.astype(np.float32) / 255.0
     fg = _jitter(parts['fg'].astype(np.float32) / 255.0, self.jitter, rng)
     bg = _jitter(parts['bg'].astype(np.float32) / 255.0, self.jitter, rng)
+    if use_photo:
+      # The photo itself: no re-composite from estimated fg / bg, whose
+      # errors would otherwise be in every training image.
+      image = _jitter(parts['image'].astype(np.float32) / 255.0, self.jitter, rng)
+    else:
+      image = alpha * fg + (1.0 - alpha) * bg
     example = {
-        'image': alpha * fg + (1.0 - alpha) * bg,
+        'image': image,
         'alpha': alpha,
         'fg': fg,
         'bg': bg,
@@ -197,18 +224,22 @@ class Augment:
 
 @dataclasses.dataclass(frozen=True)
 class Prepare:
-  """Evaluation transform: resize to the working size, no randomness."""
+  """Evaluation transform, no randomness: the record letterboxed into the
+  working size as `bgmat remove` sees a photo (long side to `image_size`,
+  edge padding), with `region` = (height, width) of the photo inside the
+  square; metrics are computed on that region only, at the photo's aspect."""
 
   image_size: int
   trimap_radius: int = 5
 
   def __call__(self, record: dict[str, Any]) -> dict[str, np.ndarray]:
-    size = (self.image_size, self.image_size)
-    alpha_u8 = _resize(record['alpha'], size)
-    example = {k: _resize(record[k], size).astype(np.float32) / 255.0 for k in _RGB_KEYS}
+    alpha_u8, region = letterbox(record['alpha'], self.image_size)
+    example = {k: letterbox(record[k], self.image_size)[0].astype(np.float32) / 255.0
+               for k in _RGB_KEYS}
     example['alpha'] = alpha_u8.astype(np.float32) / 255.0
     example['trimap'] = _trimap01(alpha_u8, self.trimap_radius)
     example['valid'] = np.float32(1.0)
+    example['region'] = np.asarray(region, np.int32)
     return example
 
 
@@ -235,7 +266,9 @@ def create_train_dataset(config, *, process_index: int, process_count: int,
               crop_scale=tuple(config.aug.crop_scale), edge_bias=config.aug.edge_bias,
               flip=config.aug.flip, recomposite_prob=config.aug.recomposite_prob,
               jitter=config.aug.jitter, trimap_radius=config.trimap_radius,
-              prior=config.get('prior', 'none')),
+              prior=config.get('prior', 'none'),
+              use_photo_prob=config.aug.get('use_photo_prob', 0.0),
+              letterbox_prob=config.aug.get('letterbox_prob', 0.0)),
       seed=config.seed + 1)
   # Blocks of P consecutive elements; global batch b is blocks
   # [b * count, (b + 1) * count), so this process takes every count-th block.
@@ -289,7 +322,7 @@ def _empty_example(size: int) -> dict[str, np.ndarray]:
   rgb = np.zeros((size, size, 3), np.float32)
   one = np.zeros((size, size, 1), np.float32)
   return {'image': rgb, 'fg': rgb, 'bg': rgb, 'alpha': one, 'trimap': one,
-          'valid': np.float32(0.0)}
+          'valid': np.float32(0.0), 'region': np.asarray((size, size), np.int32)}
 
 
 def _as_str(name: Any) -> str:

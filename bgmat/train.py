@@ -33,7 +33,7 @@ from bgmat import faults
 from bgmat import input_pipeline
 from bgmat import losses
 from bgmat import metrics as metrics_lib
-from bgmat import models
+from bgmat import runs
 from bgmat import sharding
 from bgmat import writers
 
@@ -46,13 +46,7 @@ NonFiniteLossError = faults.NonFiniteLossError
 # ---------------------------------------------------------------------------
 
 
-def build_model(model_config: ml_collections.ConfigDict, dtype: str | None = None):
-  """The config's model; `dtype` (e.g. 'bfloat16') sets its compute dtype
-  (parameters stay float32)."""
-  kwargs = dict(model_config.get('kwargs', {}))
-  if dtype is not None and jnp.dtype(dtype) != jnp.float32:
-    kwargs['dtype'] = jnp.dtype(dtype)
-  return models.get_model(model_config.name, **kwargs)
+build_model = runs.build_model
 
 
 def make_optimizer(opt_config, total_steps: int) -> optax.GradientTransformation:
@@ -90,19 +84,25 @@ def sharded_init(config, mesh, networks, rng):
 
 def load_frozen_preseg(preseg_workdir: str):
   """(module, variables) of a trained stage-1 run, from its workdir."""
-  with open(os.path.join(preseg_workdir, 'config.json'), encoding='utf-8') as f:
-    preseg_config = ml_collections.ConfigDict(json.load(f))
-  module = build_model(preseg_config.model)
-  state = checkpointing.restore_state_only(preseg_workdir)
-  variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
-  return module, variables
+  stage = runs.load_preseg(preseg_workdir)
+  return stage.module, stage.variables
 
 
-def resolve_preseg_workdir(config, workdir: str) -> str:
-  path = config.preseg_workdir
-  if not os.path.isabs(path):
-    path = os.path.join(os.path.dirname(os.path.abspath(workdir)), path)
-  return path
+resolve_preseg_workdir = runs.resolve_preseg_workdir
+
+
+def ema_update(ema, new, step, decay: float):
+  """Bias-corrected exponential moving average after update number `step`
+  (1-based): ema_t = ema_{t-1} + (1 - d) / (1 - d^t) * (new_t - ema_{t-1}).
+
+  This is exactly Adam's bias-corrected average m_t / (1 - d^t) of the
+  zero-started EMA m_t = d m_{t-1} + (1 - d) new_t (Kingma & Ba 2015, sec. 3),
+  written as a recurrence on the corrected value: the first update weighs 1,
+  so the initial weights leave no trace.
+  """
+  step = jnp.asarray(step, jnp.float32)
+  rate = (1.0 - decay) / (1.0 - jnp.power(jnp.float32(decay), step))
+  return jax.tree.map(lambda e, p: e + rate.astype(e.dtype) * (p - e), ema, new)
 
 
 # ---------------------------------------------------------------------------
@@ -128,7 +128,10 @@ def init_state(rng, *, config, model, tx, disc=None, disc_tx=None) -> dict[str, 
       'skipped_steps': jnp.zeros((), jnp.int32),
   }
   if config.stage == 'matting':
+    # Moving averages of the parameters and of the BatchNorm statistics (the
+    # averaged weights are evaluated with statistics averaged alike).
     state['ema_params'] = variables['params']
+    state['ema_batch_stats'] = variables.get('batch_stats', {})
   if disc is not None:
     disc_vars = disc.init(disc_rng, image, alpha, train=False)
     state['disc'] = {'params': disc_vars['params'],
@@ -164,18 +167,44 @@ def preseg_step(state, batch, rng, *, model, tx, config):
                      'grad_norm': optax.tree.norm(grads)}
 
 
-def _prior(batch, preseg_vars, *, preseg_model, config):
+def _prior(batch, preseg_vars, rng, *, preseg_model, config):
+  """The matting stage's prior for a training batch, (N, H, W, 1) in [0, 1].
+
+  'perturbed_gt': the batch's perturbed ground truth. 'model': the frozen
+  stage-1 probability, computed at 1 / s of the batch's resolution and
+  upsampled back, s drawn per step from `config.prior_scales`. `bgmat remove`
+  runs stage 1 at the working size and upsamples its output to the photo's
+  size (2-8x for camera photos), so the generator must learn to refine priors
+  that are coarser than its input, with the errors stage 1 makes at that scale
+  (as mask-guided matting trains on degraded guidance masks; Yu et al., MGMatting, AAAI 2021).
+  """
   if config.prior == 'perturbed_gt':
     return batch['prior']
-  logits = preseg_model.apply(preseg_vars, batch['image'], train=False)
-  return jax.lax.stop_gradient(jax.nn.sigmoid(logits))
+  image = batch['image']
+  n, height, width, _ = image.shape
+
+  def at_scale(scale):
+    def prior(image):
+      if scale == 1:
+        return runs.preseg_probability(preseg_model, preseg_vars, image)
+      small = (max(32, round(height / scale)), max(32, round(width / scale)))
+      image = jax.image.resize(image, (n, *small, 3), 'linear', antialias=True)
+      prob = runs.preseg_probability(preseg_model, preseg_vars, image)
+      return jnp.clip(jax.image.resize(prob, (n, height, width, 1), 'linear'), 0.0, 1.0)
+    return prior
+
+  scales = tuple(config.get('prior_scales', (1,)))
+  if len(scales) == 1:
+    return at_scale(scales[0])(image)
+  index = jax.random.randint(rng, (), 0, len(scales))
+  return jax.lax.switch(index, [at_scale(s) for s in scales], image)
 
 
 def matting_step(state, batch, rng, preseg_vars, *, model, tx, disc, disc_tx,
                  preseg_model, config):
   """One matting update (G, and D when adversarial) from one loss function."""
-  del rng  # The matting stage has no stochastic layers.
-  prior = _prior(batch, preseg_vars, preseg_model=preseg_model, config=config)
+  rng = jax.random.fold_in(rng, state['step'])
+  prior = _prior(batch, preseg_vars, rng, preseg_model=preseg_model, config=config)
   weights = config.loss
   unknown = (batch['trimap'] == 0.5).astype(jnp.float32)
   adversarial = disc is not None
@@ -218,10 +247,12 @@ def matting_step(state, batch, rng, preseg_vars, *, model, tx, disc, disc_tx,
   g_grads = vjp_fn((jnp.ones(()), jnp.zeros(())))[0]['g']
   updates, opt_state = tx.update(g_grads, state['opt_state'], state['params'])
   new_params = optax.apply_updates(state['params'], updates)
-  decay = config.ema_decay
-  ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state['ema_params'], new_params)
-  new_state = dict(state, step=state['step'] + 1, params=new_params, batch_stats=batch_stats,
-                   opt_state=opt_state, ema_params=ema)
+  number = state['step'] + 1
+  new_state = dict(
+      state, step=number, params=new_params, batch_stats=batch_stats, opt_state=opt_state,
+      ema_params=ema_update(state['ema_params'], new_params, number, config.ema_decay),
+      ema_batch_stats=ema_update(state['ema_batch_stats'], batch_stats, number,
+                                 config.ema_decay))
   step_metrics = {'loss': g_loss, **terms, 'grad_norm': optax.tree.norm(g_grads)}
   if adversarial:
     d_grads = vjp_fn((jnp.zeros(()), jnp.ones(())))[0]['d']
@@ -403,11 +434,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                           'stopping. Run again to resume.', step, manager.directory)
           break
         if config.eval_every and (step % config.eval_every == 0) and step != total_steps:
-          run_eval('validation', step, _eval_variables(state, config))
+          run_eval('validation', step, runs.eval_variables(state, config))
       manager.wait_until_finished()
       results = {}
       if step == total_steps and not preempted:
-        variables = _eval_variables(state, config)
+        variables = runs.eval_variables(state, config)
         results = {'validation': run_eval('validation', step, variables)}
         if config.get('eval_test', True):
           results['test'] = run_eval('test', step, variables)
@@ -431,11 +462,6 @@ def _init_encoder_from(state, path: str, state_shardings):
   return jax.device_put(state, state_shardings)
 
 
-def _eval_variables(state, config) -> dict:
-  params = state['ema_params'] if config.stage == 'matting' and config.eval_ema else state['params']
-  return {'params': params, 'batch_stats': state['batch_stats']}
-
-
 def _make_predict(config, model, preseg_model, mesh):
   """jitted (variables, preseg_vars, batch) -> {'alpha': ..., ['preseg': ...]}."""
   if config.stage == 'preseg':
@@ -444,7 +470,7 @@ def _make_predict(config, model, preseg_model, mesh):
       return {'alpha': jax.nn.sigmoid(model.apply(variables, batch['image'], train=False))}
   else:
     def predict(variables, preseg_vars, batch):
-      prior = jax.nn.sigmoid(preseg_model.apply(preseg_vars, batch['image'], train=False))
+      prior = runs.preseg_probability(preseg_model, preseg_vars, batch['image'])
       alpha = model.apply(variables, batch['image'], prior, train=False)
       # The pre-segmentation used directly as alpha: the automatic baseline.
       return {'alpha': alpha, 'preseg': prior}

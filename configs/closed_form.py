@@ -4,7 +4,7 @@ r"""Trimap-based baseline: closed-form matting (Levin et al. 2008, pymatting).
       --workdir runs/demo/closed_form --config.data_dir=./data \
       --config.preseg_workdir=runs/demo/preseg
 
-Arguments (comma separated): size `tiny` | `demo` | `full` (the data set and
+Arguments (comma separated, checked strictly): size `tiny` | `demo` | `study` | `full` (the data set and
 working size of the matching preseg/matting configs); `gt_trimap` takes the
 trimap from the ground truth alpha (the upper bound: the trimap every
 trimap-based method is evaluated with), otherwise it is made from the
@@ -19,12 +19,14 @@ the same one that defines the "unknown band" of the evaluation.
 
 from bgmat import config_defaults
 
+SIZES = ('tiny', 'demo', 'study', 'full')
+OPTIONS = ('gt_trimap',)
+
 
 def get_config(arg: str = 'demo'):
-  args = set(arg.split(',')) if arg else {'demo'}
-  size = ({'tiny', 'demo', 'full'} & args or {'demo'}).pop()
+  size, options = config_defaults.parse_arg(arg, SIZES, OPTIONS)
   config = config_defaults.base('closed_form')
-  config.trimap_source = 'gt' if 'gt_trimap' in args else 'preseg'
+  config.trimap_source = 'gt' if 'gt_trimap' in options else 'preseg'
   config.preseg_workdir = 'preseg'
   config.fg_threshold = 0.9
   config.bg_threshold = 0.1
@@ -32,8 +34,14 @@ def get_config(arg: str = 'demo'):
   # pymatting's conjugate-gradient defaults (rtol 1e-7) with a cap on iterations.
   config.cg_maxiter = 2000
   config.batch_size = 8
-  if size == 'full':
-    config.dataset = 'synthetic_portraits/default'
+  if size == 'study':
+    config.dataset = 'matting_sets/portraits_study'
+    config.preseg_workdir = 'preseg_improved_s0'
+    config.image_size = 256
+    config.trimap_radius = 6
+    config.band_radius = 6
+  elif size == 'full':
+    config.dataset = 'matting_sets/portraits_full'
     config.image_size = 512
     config.trimap_radius = 10
     config.band_radius = 10

@@ -131,3 +131,52 @@ def test_missing_dataset_names_the_fix(tmp_path):
     assert 'python -m data_prep.build' in str(e)
   else:
     raise AssertionError('expected FileNotFoundError')
+
+
+def _record(height=30, width=40, seed=0):
+  rng = np.random.default_rng(seed)
+  alpha = np.zeros((height, width, 1), np.uint8)
+  alpha[5:25, 10:30] = 255
+  alpha[5:25, 9] = 128
+  fg = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+  bg = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+  image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)  # not fg/bg's composite
+  return {'image': image, 'alpha': alpha, 'fg': fg, 'bg': bg, 'name': b'x'}
+
+
+def test_augment_uses_the_photo_or_the_composite():
+  record = _record()
+  as_photo = input_pipeline.Augment(source=[record], image_size=16, jitter=0.0, flip=False,
+                                    use_photo_prob=1.0, letterbox_prob=1.0)
+  example = as_photo(record, np.random.default_rng(0))
+  boxed, region = input_pipeline.letterbox(record['image'], 16)
+  assert region == (12, 16)
+  np.testing.assert_allclose(example['image'], boxed / 255.0, atol=1e-6)
+  composite = input_pipeline.Augment(source=[record], image_size=16, jitter=0.0, flip=False,
+                                     recomposite_prob=0.0, letterbox_prob=1.0)
+  example = composite(record, np.random.default_rng(0))
+  alpha = example['alpha']
+  np.testing.assert_allclose(example['image'],
+                             alpha * example['fg'] + (1 - alpha) * example['bg'], atol=1e-6)
+  assert np.abs(example['image'] - boxed / 255.0).max() > 0.1
+
+
+def test_augment_defaults_draw_nothing_extra():
+  """Configs without the new options keep their exact example stream."""
+  record = _record()
+  base = input_pipeline.Augment(source=[record], image_size=16)
+  same = input_pipeline.Augment(source=[record], image_size=16, use_photo_prob=0.0,
+                                letterbox_prob=0.0)
+  a = base(record, np.random.default_rng(3))
+  b = same(record, np.random.default_rng(3))
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_prepare_letterboxes_at_the_photo_aspect():
+  record = _record(30, 40)
+  example = input_pipeline.Prepare(image_size=20)(record)
+  assert example['image'].shape == (20, 20, 3)
+  np.testing.assert_array_equal(example['region'], [15, 20])
+  # Bottom rows are edge padding of the last photo row.
+  np.testing.assert_array_equal(example['alpha'][15:], np.repeat(example['alpha'][14:15], 5, 0))

@@ -319,7 +319,7 @@ def test_batch_metrics_quantize_like_png():
       assert batch[name][i] == pytest.approx(value, rel=1e-12, abs=1e-15)
   full = metrics.batch_eval_metrics(pred, gt, trimap_u8)
   assert set(full) == {'sad', 'mse', 'grad', 'conn', 'sad_unknown',
-                       'mse_unknown', 'grad_unknown', 'conn_unknown', 'iou'}
+                       'mse_unknown', 'grad_unknown', 'conn_unknown', 'iou', 'boundary_f'}
   np.testing.assert_allclose(full['sad_unknown'], batch['sad'])
   for i in range(2):
     assert full['iou'][i] == pytest.approx(
@@ -376,3 +376,34 @@ def test_512_speed():
   start = time.perf_counter()
   metrics.matting_metrics(pred, gt, trimap)
   assert time.perf_counter() - start < 1.0
+
+
+def test_boundary_f_tolerance_and_extremes():
+  gt = np.zeros((100, 100), bool)
+  gt[20:80, 20:80] = True
+  # diag 141.4 -> tolerance ceil(0.008 * 141.4) = 2 pixels.
+  assert metrics.boundary_f(gt, gt) == 1.0
+  shifted1 = np.roll(gt, 1, axis=1)
+  assert metrics.boundary_f(shifted1, gt) == 1.0  # within the tolerance
+  shifted5 = np.roll(gt, 5, axis=1)
+  f5 = metrics.boundary_f(shifted5, gt)
+  # Only the top/bottom edges (and nothing of the left/right ones) match.
+  assert 0.3 < f5 < 0.8
+  assert metrics.boundary_f(np.zeros_like(gt), gt) == 0.0
+  assert metrics.boundary_f(np.zeros_like(gt), np.zeros_like(gt)) == 1.0
+
+
+def test_region_metrics_crop_each_example():
+  rng = np.random.default_rng(0)
+  pred = rng.random((2, 16, 16, 1)).astype(np.float32)
+  gt = (rng.random((2, 16, 16, 1)) > 0.5).astype(np.float32)
+  trimap = np.full((2, 16, 16, 1), 0.5, np.float32)
+  region = np.array([[16, 12], [10, 16]])
+  out = metrics.region_eval_metrics(pred, gt, trimap, region, which=('sad', 'mse'))
+  for i, (h, w) in enumerate(region):
+    ref = metrics.batch_eval_metrics(pred[i:i + 1, :h, :w], gt[i:i + 1, :h, :w],
+                                     trimap[i:i + 1, :h, :w], which=('sad', 'mse'))
+    for key, value in ref.items():
+      assert out[key][i] == value[0]
+  whole = metrics.batch_eval_metrics(pred, gt, trimap, which=('sad',))
+  assert out['sad'][0] < whole['sad'][0]  # the padding columns are not counted

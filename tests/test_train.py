@@ -153,3 +153,28 @@ def test_bfloat16_compute_keeps_float32_state(tiny_data, tmp_path):
   jaxpr = jax.make_jaxpr(lambda v: model.apply(v, image, train=False))(
       {'params': state['params'], 'batch_stats': state['batch_stats']})
   assert 'conv_general_dilated' in str(jaxpr) and 'bf16[1,' in str(jaxpr)
+
+
+def test_ema_update_is_bias_corrected():
+  decay = 0.9
+  values = [np.float32(v) for v in (3.0, -1.0, 2.0, 5.0)]
+  ema = {'w': np.float32(100.0)}  # the initial weights must leave no trace
+  zero_started = 0.0
+  for t, value in enumerate(values, start=1):
+    ema = train.ema_update(ema, {'w': value}, t, decay)
+    zero_started = decay * zero_started + (1 - decay) * value
+    # float32: a few roundings of numbers up to 100 in magnitude.
+    np.testing.assert_allclose(ema['w'], zero_started / (1 - decay ** t), rtol=0,
+                               atol=16 * np.finfo(np.float32).eps * 100)
+  np.testing.assert_allclose(train.ema_update({'w': 7.0}, {'w': 3.0}, 1, decay)['w'], 3.0)
+
+
+def test_eval_variables_average_batch_stats_too():
+  from bgmat import runs  # pylint: disable=g-import-not-at-top
+  config = matting_configs.get_config('tiny')
+  state = {'params': 1, 'batch_stats': 2, 'ema_params': 3, 'ema_batch_stats': 4}
+  assert runs.eval_variables(state, config) == {'params': 3, 'batch_stats': 4}
+  config.eval_ema = False
+  assert runs.eval_variables(state, config) == {'params': 1, 'batch_stats': 2}
+  preseg = preseg_configs.get_config('tiny')
+  assert runs.eval_variables(state, preseg) == {'params': 1, 'batch_stats': 2}

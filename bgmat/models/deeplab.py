@@ -206,6 +206,8 @@ def deeplabv3plus(backbone: str = 'xception65', **kwargs) -> DeepLabV3Plus:
 
 _TINY = dict(backbone='xception_tiny', aspp_channels=32, decoder_channels=32,
              low_level_channels=16, skip8_channels=16)
+_SMALL = dict(backbone='xception_small', aspp_channels=96, decoder_channels=64,
+              low_level_channels=24, skip8_channels=24)
 
 deeplabv3plus_xception65 = functools.partial(DeepLabV3Plus, backbone='xception65')
 deeplabv3plus_xception65_improved = functools.partial(
@@ -215,6 +217,7 @@ deeplabv3plus_xception71 = functools.partial(DeepLabV3Plus, backbone='xception71
 deeplabv3plus_xception65_smp = functools.partial(DeepLabV3Plus, backbone='xception65', head='smp')
 deeplabv3plus_tiny = functools.partial(DeepLabV3Plus, **_TINY)
 deeplabv3plus_tiny_improved = functools.partial(DeepLabV3Plus, improved=True, **_TINY)
+deeplabv3plus_small = functools.partial(DeepLabV3Plus, **_SMALL)
 
 PRESETS = {
     'deeplabv3plus_xception65': deeplabv3plus_xception65,
@@ -224,4 +227,5 @@ PRESETS = {
     'deeplabv3plus_xception65_smp': deeplabv3plus_xception65_smp,
     'deeplabv3plus_tiny': deeplabv3plus_tiny,
     'deeplabv3plus_tiny_improved': deeplabv3plus_tiny_improved,
+    'deeplabv3plus_small': deeplabv3plus_small,
 }

@@ -1,0 +1,109 @@
+"""Loading a trained run: one place for its config, its model and the weights
+to use, so removal, export, the report, the baselines and autolabel agree.
+
+A run's workdir holds `config.json` and `checkpoints/` (`bgmat.main`). This
+module imports no training code (no optax, grain or clu): only the models and
+the checkpoint reader.
+
+The rule for which weights a run is used with (`eval_variables`): a matting run
+with `config.eval_ema` uses its exponential moving averages of the parameters
+AND of the BatchNorm statistics (`ema_params`, `ema_batch_stats`, both
+bias-corrected, see `train.ema_update`); everything else uses the live
+parameters and statistics.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from bgmat import checkpointing
+from bgmat import models
+
+
+def build_model(model_config, dtype: str | None = None):
+  """The config's model (`config.model` / `config.disc`: name + kwargs);
+  `dtype` (e.g. 'bfloat16') sets its compute dtype (parameters stay float32)."""
+  kwargs = dict(model_config.get('kwargs', {}))
+  if dtype is not None and jnp.dtype(dtype) != jnp.float32:
+    kwargs['dtype'] = jnp.dtype(dtype)
+  return models.get_model(model_config.name, **kwargs)
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The run's `config.json`.
+
+  Raises:
+    FileNotFoundError: `workdir` has no config.json (not a run directory).
+  """
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} not found: {workdir} is not a bgmat run directory '
+                            '(python -m bgmat.main --config ... --workdir DIR makes one)')
+  with open(path, encoding='utf-8') as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def eval_variables(state: dict[str, Any], config) -> dict[str, Any]:
+  """{'params', 'batch_stats'} a run is evaluated and used with (module doc)."""
+  if config.stage == 'matting' and config.get('eval_ema', False) and 'ema_params' in state:
+    return {'params': state['ema_params'],
+            'batch_stats': state.get('ema_batch_stats', state['batch_stats'])}
+  return {'params': state['params'], 'batch_stats': state['batch_stats']}
+
+
+def resolve_preseg_workdir(config, workdir: str) -> str:
+  """A matting run's stage-1 workdir (a relative `preseg_workdir` is relative
+  to the parent directory of the matting run's workdir)."""
+  path = config.preseg_workdir
+  if not os.path.isabs(path):
+    path = os.path.join(os.path.dirname(os.path.abspath(workdir)), path)
+  return path
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """A trained stage: its config, flax module and the variables to apply it with."""
+  workdir: str
+  config: ml_collections.ConfigDict
+  module: Any
+  variables: dict[str, Any]
+
+
+def load_stage(workdir: str) -> Stage:
+  """The run in `workdir` with its evaluation variables (host arrays).
+
+  Raises:
+    FileNotFoundError: no config.json or no finished checkpoint.
+  """
+  config = read_config(workdir)
+  state = checkpointing.restore_state_only(workdir)
+  return Stage(workdir, config, build_model(config.model), eval_variables(state, config))
+
+
+def load_preseg(workdir: str) -> Stage:
+  """The pre-segmentation of `workdir`: the run itself if it is a stage-1 run,
+  else the stage-1 run a matting run was trained on."""
+  config = read_config(workdir)
+  if config.stage == 'matting':
+    workdir = resolve_preseg_workdir(config, workdir)
+  stage = load_stage(workdir)
+  if stage.config.stage != 'preseg':
+    raise ValueError(f'{workdir} is a {stage.config.stage!r} run, not a pre-segmentation run')
+  return stage
+
+
+def preseg_probability(module, variables, image: jax.Array) -> jax.Array:
+  """Foreground probability of the pre-segmentation (jit-able).
+
+  Args:
+    image: (N, H, W, 3) float in [0, 1].
+  Returns:
+    (N, H, W, 1) float32 in [0, 1]: sigmoid of the logits, no gradient.
+  """
+  logits = module.apply(variables, image, train=False)
+  return jax.lax.stop_gradient(jax.nn.sigmoid(logits.astype(jnp.float32)))
