@@ -167,7 +167,8 @@ def test_ema_update_is_bias_corrected():
     np.testing.assert_allclose(ema['w'], zero_started / (1 - decay ** t), rtol=0,
                                atol=16 * np.finfo(np.float32).eps * 100)
   np.testing.assert_allclose(
-      train.ema_update({'w': np.float32(7.0)}, {'w': np.float32(3.0)}, 1, decay)['w'], 3.0)
+      train.ema_update({'w': np.float32(7.0)}, {'w': np.float32(3.0)}, 1, decay)['w'], 3.0,
+      rtol=0, atol=8 * np.finfo(np.float32).eps * 7)
 
 
 def test_eval_variables_average_batch_stats_too():
