@@ -56,7 +56,7 @@ class Settings:
   num_bg: tuple[tuple[str, int], ...] = ()  # (split, backgrounds per foreground)
   measure_quality: bool = False
   # 'autolabel' sources: data_prep.autolabel's band and solve size (0: record size).
-  trimap_fraction: float = 0.03
+  trimap_fraction: float = 0.05  # autolabel.DEFAULT_TRIMAP_FRACTION
   label_max_side: int = 0
 
 

@@ -45,7 +45,7 @@ _DATA_FIELDS = ('layout', 'root', 'image_dir', 'fg_dir', 'alpha_dir', 'bg_dir', 
                 'min_bg_side')
 # Fields added after the first release: in the name's hash only when not at their
 # default, so the names of sets built before them do not change.
-_LATER_FIELDS = {'trimap_fraction': 0.03, 'label_max_side': 0, 'min_bg_side': 0}
+_LATER_FIELDS = {'trimap_fraction': 0.05, 'label_max_side': 0, 'min_bg_side': 0}
 _PATH_FIELDS = ('root', 'image_dir', 'fg_dir', 'alpha_dir', 'bg_dir', 'eval_bg_dir')
 # The autolabel layout always filters (its label confidence must be checked) and
 # drops backgrounds with a long side under this many pixels unless told otherwise.
@@ -78,7 +78,7 @@ class MattingSetsConfig(tfds.core.BuilderConfig):
   quality_filter: str = ''  # JSON of quality.Thresholds fields; '' = no filter
   # autolabel layout: unknown band radius / short side, closed-form solve side
   # (0: the record size), and backgrounds with a shorter long side are dropped.
-  trimap_fraction: float = 0.03
+  trimap_fraction: float = 0.05  # autolabel.DEFAULT_TRIMAP_FRACTION
   label_max_side: int = 0
   min_bg_side: int = 0
 
