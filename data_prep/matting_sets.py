@@ -11,6 +11,12 @@ uint8 (jpeg or png), alpha (H, W, 1) uint8 png, name. Natural photos keep the
 photo as `image` and get estimated fg AND bg (so training can re-composite);
 foregrounds are re-estimated (no halo of their old background) and composited
 onto `num_bg` backgrounds each, image = round(alpha fg + (1 - alpha) bg).
+Layout `autolabel` (photos + coarse binary masks): each photo is labelled by
+data_prep.autolabel, filtered by data_prep.quality including the label
+confidence (always), kept on its own background and composited onto `num_bg`
+backgrounds; backgrounds are disjoint between train and the other splits (by a
+hash of the file name unless `eval_bg_dir` is given) and those with a long side
+under `min_bg_side` are dropped (report reason 'bg_too_small').
 
 Decoding, estimation and encoding run in a process pool with ordered results,
 every random choice drawn from (seed, split, index): 1 and N workers write

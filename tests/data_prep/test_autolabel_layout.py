@@ -1,6 +1,10 @@
 """The `autolabel` layout of `matting_sets`: photos + coarse masks -> labelled,
 filtered, composited records; stable splits, disjoint backgrounds, report."""
+import dataclasses
 import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
@@ -15,6 +19,7 @@ from data_prep import report as report_lib
 from data_prep import synthetic
 from tests.data_prep import fixtures
 
+_REPO = pathlib.Path(__file__).resolve().parents[2]
 _STEMS = [f's{i:02d}' for i in range(12)]  # with 0.3 / 0.3 all three splits get some
 _FRACTIONS = dict(val_fraction=0.3, test_fraction=0.3)
 # Everything but the label confidence passes.
@@ -117,7 +122,7 @@ def test_autolabel_layout_takes_separate_eval_backgrounds_and_defaults(inputs, t
   assert config.quality_filter and config.min_bg_side == matting_sets.AUTOLABEL_MIN_BG_SIDE
   other = matting_sets.make_config('autolabel', image_dir=root / 'image',
                                    alpha_dir=root / 'mask', bg_dir=root / 'bg',
-                                   trimap_fraction=0.05)
+                                   trimap_fraction=0.08)
   assert other.name != config.name
   with pytest.raises(ValueError, match='--bg'):
     matting_sets.make_config('autolabel', image_dir=root / 'image', alpha_dir=root / 'mask')
@@ -129,3 +134,30 @@ def test_autolabel_layout_takes_separate_eval_backgrounds_and_defaults(inputs, t
         min_bg_side=1000, quality_filter=quality.Thresholds(**_OPEN, min_confidence=0.0),
         **_FRACTIONS)
   assert not os.path.exists(tmp_path / 'data' / 'matting_sets' / config.name)
+
+
+def test_cli_builds_the_same_records_as_the_api(inputs, tmp_path):
+  root, _, _, _ = inputs
+  fields = dict(image_dir=root / 'image', alpha_dir=root / 'mask', bg_dir=root / 'bg',
+                image_format='png', min_bg_side=64, **_FRACTIONS)
+  thresholds = quality.Thresholds(**_OPEN, min_confidence=0.0)
+  name, _ = matting_sets.build_matting_set(str(tmp_path / 'api'), 'autolabel', progress=False,
+                                           quality_filter=thresholds, **fields)
+  flags = [f'--{k}={v}' for k, v in dataclasses.asdict(thresholds).items()]
+  result = subprocess.run(
+      [sys.executable, '-m', 'data_prep.build', 'matting_sets',
+       f'--data_dir={tmp_path / "cli"}', '--layout=autolabel', f'--image={root / "image"}',
+       f'--mask={root / "mask"}', f'--bg={root / "bg"}', '--image_format=png',
+       '--min_bg_side=64', '--val_fraction=0.3', '--test_fraction=0.3', *flags],
+      cwd=_REPO, env=dict(os.environ, PYTHONPATH=str(_REPO)), capture_output=True, text=True,
+      timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert name in result.stdout  # same settings, same name
+  api = tfds.data_source(name, data_dir=str(tmp_path / 'api'))
+  cli = tfds.data_source(name, data_dir=str(tmp_path / 'cli'))
+  assert sorted(api) == sorted(cli)
+  for split in api:
+    assert len(api[split]) == len(cli[split]) > 0
+    for i in range(len(api[split])):
+      for key in ('image', 'alpha', 'fg', 'bg', 'name'):
+        np.testing.assert_array_equal(api[split][i][key], cli[split][i][key])
