@@ -17,6 +17,9 @@ ppm100, comp1k, d646; see data_prep/layouts.py and the README):
   python -m data_prep.build matting_sets --data_dir DIR --layout compose \
       --fg FG --alpha MATTES --bg BACKGROUNDS --num_bg N [--workers W]
   python -m data_prep.build matting_sets --data_dir DIR --layout p3m10k --root P3M-10k
+  python -m data_prep.build matting_sets --data_dir DIR --layout autolabel \
+      --image PHOTOS --mask MASKS --bg BACKGROUNDS --num_bg 2 --max_side 320 \
+      --val_fraction 0.1 --test_fraction 0.1 [--min_confidence C --trimap_fraction F]
 
 Each build writes `build_report.jsonl` (skipped / converted / dropped files)
 beside its shards; `--filter` applies data_prep.quality's thresholds.
@@ -57,6 +60,15 @@ def define_flags():
   flags.DEFINE_string('image', None, 'matting_sets natural: folder of photos.')
   flags.DEFINE_string('fg', None, 'matting_sets compose: folder of foregrounds.')
   flags.DEFINE_string('alpha', None, 'matting_sets: folder of alpha mattes (same stems).')
+  flags.DEFINE_string('mask', None, 'matting_sets autolabel: folder of coarse binary masks '
+                      '(same stems as --image).')
+  flags.DEFINE_float('trimap_fraction', None, 'matting_sets autolabel: unknown band radius '
+                     'as a fraction of the short side (data_prep.autolabel).')
+  flags.DEFINE_integer('label_max_side', None, 'matting_sets autolabel: long side of the '
+                       'closed-form solve (0: the record size).')
+  flags.DEFINE_integer('min_bg_side', None, 'matting_sets: drop backgrounds whose long side '
+                       'is below this (autolabel default '
+                       f'{matting_sets.AUTOLABEL_MIN_BG_SIDE}, others 0).')
   flags.DEFINE_string('bg', None, 'matting_sets: backgrounds for the train split.')
   flags.DEFINE_string('eval_bg', None, 'matting_sets: backgrounds for the other splits '
                       '(default: --bg; separate folders keep test backgrounds unseen).')
@@ -121,7 +133,9 @@ def _build_matting_sets(data_dir, config_name):
   if not FLAGS.layout:
     raise app.UsageError(f'matting_sets needs --layout, one of {list(layouts.ALL_LAYOUTS)}')
   thresholds = None
-  if FLAGS.filter:
+  if FLAGS.layout == 'autolabel' and FLAGS.alpha:
+    raise app.UsageError('Layout autolabel takes the coarse masks as --mask DIR, not --alpha')
+  if FLAGS.filter or FLAGS.layout == 'autolabel':  # autolabel always filters
     quality = _quality_module()
     if quality is None:
       raise app.UsageError('--filter needs data_prep/quality.py')
@@ -130,13 +144,16 @@ def _build_matting_sets(data_dir, config_name):
     name, directory = matting_sets.build_matting_set(
         data_dir, FLAGS.layout, name=FLAGS.name, num_workers=FLAGS.workers,
         report_path=FLAGS.report, root=FLAGS.root, image_dir=FLAGS.image,
-        fg_dir=FLAGS.fg, alpha_dir=FLAGS.alpha, bg_dir=FLAGS.bg, eval_bg_dir=FLAGS.eval_bg,
+        fg_dir=FLAGS.fg, alpha_dir=FLAGS.mask if FLAGS.layout == 'autolabel' else FLAGS.alpha,
+        bg_dir=FLAGS.bg, eval_bg_dir=FLAGS.eval_bg,
         num_bg=FLAGS.num_bg, eval_num_bg=FLAGS.eval_num_bg, seed=FLAGS.seed,
         image_format=FLAGS.image_format, jpeg_quality=FLAGS.jpeg_quality,
         max_side=FLAGS.max_side, alpha_mismatch=FLAGS.alpha_mismatch,
         bg_policy=FLAGS.bg_policy, fg_method=FLAGS.fg_method,
         val_fraction=FLAGS.val_fraction, test_fraction=FLAGS.test_fraction,
-        max_pixels=FLAGS.max_pixels, quality_filter=thresholds)
+        max_pixels=FLAGS.max_pixels, quality_filter=thresholds,
+        trimap_fraction=FLAGS.trimap_fraction, label_max_side=FLAGS.label_max_side,
+        min_bg_side=FLAGS.min_bg_side)
   except (ValueError, FileNotFoundError) as e:
     raise app.UsageError(str(e)) from e
   print(f'Report: {directory}/{matting_sets.REPORT_NAME}')

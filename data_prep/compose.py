@@ -55,11 +55,15 @@ class Settings:
   max_pixels: int = MAX_PIXELS
   num_bg: tuple[tuple[str, int], ...] = ()  # (split, backgrounds per foreground)
   measure_quality: bool = False
+  # 'autolabel' sources: data_prep.autolabel's band and solve size (0: record size).
+  trimap_fraction: float = 0.05  # autolabel.DEFAULT_TRIMAP_FRACTION
+  label_max_side: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-  """One input: `kind` 'natural' (image = photo) or 'compose' (image = foreground)."""
+  """One input: `kind` 'natural' (image = photo), 'compose' (image = foreground)
+  or 'autolabel' (image = photo, alpha = its coarse binary mask)."""
   id: str
   kind: str
   image: str
@@ -282,6 +286,8 @@ def make_records(task: tuple[str, int, Source]) -> dict[str, Any]:
   split, index, source = task
   settings, backgrounds = _WORKER['settings'], _WORKER['backgrounds']
   notes: list[dict] = []
+  if source.kind == 'autolabel':
+    return _autolabel_records(split, index, source, settings, backgrounds.get(split, []))
   try:
     rgb, alpha, notes = load_pair(source, settings)
     rgb, alpha = limit_size(rgb, alpha, settings.max_side)
@@ -326,3 +332,51 @@ def _composites(split, index, source, fg, alpha, alpha_png, settings, paths, not
         'bg': encode(np.ascontiguousarray(bg), fmt, quality_level),
         'name': f'{source.id}@{k:03d}_{os.path.splitext(os.path.basename(path))[0]}'})
   return records
+
+
+def _autolabel_records(split, index, source, settings, paths) -> dict[str, Any]:
+  """`make_records` of a photo with a coarse mask (layout 'autolabel').
+
+  1. Quality statistics (data_prep.quality.measure) of the photo at its source
+     size, the mask as its matte (so min_side is the photo's resolution).
+  2. Downscale photo and mask to `max_side` (Lanczos), threshold the mask at 128.
+  3. data_prep.autolabel.label_alpha: trimap band of `trimap_fraction` of the
+     short side, closed-form alpha (solved at `label_max_side`, 0 = this size),
+     confidence; the confidence parts join the statistics, so the quality
+     filter's min_confidence applies.
+  4. fg and bg colours: pymatting's multi-level estimator (`estimate_fg_bg`).
+  5. Records: the photo itself (image = photo, alpha = label, fg, bg estimated;
+     name = id), then `num_bg` composites of fg onto backgrounds of this split
+     (names `<id>@<k>_<background stem>`).
+  A mask with no certain foreground or background is a 'dropped' line (reason
+  'autolabel').
+  """
+  from data_prep import autolabel  # pylint: disable=g-import-not-at-top
+  from data_prep import quality  # pylint: disable=g-import-not-at-top
+  notes: list[dict] = []
+  try:
+    rgb, mask, notes = load_pair(source, settings)
+    stats = quality.measure(rgb, mask) if settings.measure_quality else None
+    rgb, mask = limit_size(rgb, mask, settings.max_side)
+    try:
+      label = autolabel.label_alpha(rgb, mask, settings.trimap_fraction,
+                                    settings.label_max_side or max(mask.shape),
+                                    binarize=True)
+    except autolabel.LabelError as e:
+      return {'records': [], 'notes': notes, 'stats': stats,
+              'error': _note(source.alpha, 'autolabel', str(e), action='dropped')}
+    if stats is not None:
+      stats.update({k: label[k] for k in ('confidence', 'edge', 'decisive', 'band',
+                                          'unknown_fraction')})
+    alpha = np.round(label['alpha'] * 255).astype(np.uint8)
+    fg, bg = estimate_fg_bg(rgb, alpha, settings.fg_method)
+    fmt, quality_level = settings.image_format, settings.jpeg_quality
+    alpha_png = encode(alpha, 'png')
+    records = [{'image': encode(rgb, fmt, quality_level), 'alpha': alpha_png,
+                'fg': encode(fg, fmt, quality_level), 'bg': encode(bg, fmt, quality_level),
+                'name': source.id}]
+    records += _composites(split, index, source, fg, alpha, alpha_png, settings, paths, notes)
+    return {'records': records, 'notes': notes, 'stats': stats, 'error': None}
+  except BadInput as e:
+    return {'records': [], 'notes': notes, 'stats': None,
+            'error': _note(e.file, e.reason, e.detail, action='skipped')}

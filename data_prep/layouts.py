@@ -12,9 +12,12 @@ released (see the README section "Real matting data" for the trees):
             train <- Training_set/*/{fg,alpha}; test <- Test_set/*/{fg,alpha}
   d646      Distinctions-646: train <- Train/{FG,GT}; test <- Test/{FG,GT}
 
-plus the generic layouts `natural` (--image DIR --alpha DIR) and `compose`
-(--fg DIR --alpha DIR, composited onto --bg). Files pair by stem (`a.jpg` with
-`a.png`); anything unpaired, ambiguous or not an image is a report line.
+plus the generic layouts `natural` (--image DIR --alpha DIR), `compose`
+(--fg DIR --alpha DIR, composited onto --bg) and `autolabel` (--image DIR
+--mask DIR: photos with coarse binary person masks, labelled automatically by
+data_prep.autolabel, kept on their own background and composited onto --bg).
+Files pair by stem (`a.jpg` with `a.png`); anything unpaired, ambiguous or not
+an image is a report line.
 """
 
 import dataclasses
@@ -45,7 +48,7 @@ LAYOUTS = {
         'train': [('Train/FG', 'Train/GT')],
         'test': [('Test/FG', 'Test/GT')]}),
 }
-GENERIC = ('natural', 'compose')
+GENERIC = ('natural', 'compose', 'autolabel')
 ALL_LAYOUTS = tuple(LAYOUTS) + GENERIC
 
 
@@ -140,10 +143,11 @@ def list_sources(layout: str, root: str | None = None, image_dir: str | None = N
           per_split.setdefault(split, []).extend(sources)
           problems.extend(dict(p, split=split) for p in found)
   elif layout in GENERIC:
-    images = image_dir if layout == 'natural' else fg_dir
+    images = fg_dir if layout == 'compose' else image_dir
     if not images or not alpha_dir:
-      flag = '--image' if layout == 'natural' else '--fg'
-      raise ValueError(f'Layout {layout!r} needs {flag} DIR and --alpha DIR')
+      flag = '--fg' if layout == 'compose' else '--image'
+      second = '--mask' if layout == 'autolabel' else '--alpha'
+      raise ValueError(f'Layout {layout!r} needs {flag} DIR and {second} DIR')
     sources, problems = pair_folders(images, alpha_dir, layout)
     per_split['train'] = sources
   else:
@@ -181,3 +185,41 @@ def list_backgrounds(folder: str) -> tuple[list[str], list[dict]]:
   if not paths:
     raise FileNotFoundError(f'{folder}: no background images')
   return sorted(paths), problems
+
+
+def background_split(path: str, eval_fraction: float) -> str:
+  """'train' or 'eval' for a background file, by the stable hash of its file
+  name (as `split_of`): `eval_fraction` of the names go to 'eval'."""
+  name = os.path.basename(path)
+  value = int(hashlib.sha1(name.encode()).hexdigest()[:8], 16) / 2**32
+  return 'eval' if value < eval_fraction else 'train'
+
+
+def drop_small_backgrounds(paths: list[str], min_long_side: int, group: str
+                           ) -> tuple[list[str], list[dict]]:
+  """(backgrounds whose long side is >= `min_long_side` px, report lines of
+  the others). Sizes come from the file headers (nothing is decoded); a file
+  whose header cannot be read is kept here and reported when it is used.
+
+  Why: a small background upscaled under a sharp photo is blurrier than the
+  subject, and a model learns 'sharp means foreground' from it.
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  if min_long_side <= 0:
+    return list(paths), []
+  kept, problems = [], []
+  for path in paths:
+    try:
+      with Image.open(path) as img:
+        width, height = img.size
+    except Exception:  # pylint: disable=broad-except  # decoded (and reported) later
+      kept.append(path)
+      continue
+    if max(width, height) < min_long_side:
+      problems.append({'file': path, 'reason': 'bg_too_small',
+                       'detail': f'long side {max(width, height)} px < min_bg_side '
+                                 f'{min_long_side} ({width}x{height})',
+                       'action': 'dropped', 'split': group})
+    else:
+      kept.append(path)
+  return kept, problems

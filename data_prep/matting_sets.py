@@ -11,6 +11,12 @@ uint8 (jpeg or png), alpha (H, W, 1) uint8 png, name. Natural photos keep the
 photo as `image` and get estimated fg AND bg (so training can re-composite);
 foregrounds are re-estimated (no halo of their old background) and composited
 onto `num_bg` backgrounds each, image = round(alpha fg + (1 - alpha) bg).
+Layout `autolabel` (photos + coarse binary masks): each photo is labelled by
+data_prep.autolabel, filtered by data_prep.quality including the label
+confidence (always), kept on its own background and composited onto `num_bg`
+backgrounds; backgrounds are disjoint between train and the other splits (by a
+hash of the file name unless `eval_bg_dir` is given) and those with a long side
+under `min_bg_side` are dropped (report reason 'bg_too_small').
 
 Decoding, estimation and encoding run in a process pool with ordered results,
 every random choice drawn from (seed, split, index): 1 and N workers write
@@ -41,8 +47,15 @@ REPORT_NAME = 'build_report.jsonl'
 _DATA_FIELDS = ('layout', 'root', 'image_dir', 'fg_dir', 'alpha_dir', 'bg_dir', 'eval_bg_dir',
                 'num_bg', 'eval_num_bg', 'seed', 'image_format', 'jpeg_quality', 'max_side',
                 'alpha_mismatch', 'bg_policy', 'fg_method', 'val_fraction', 'test_fraction',
-                'max_pixels', 'quality_filter')
+                'max_pixels', 'quality_filter', 'trimap_fraction', 'label_max_side',
+                'min_bg_side')
+# Fields added after the first release: in the name's hash only when not at their
+# default, so the names of sets built before them do not change.
+_LATER_FIELDS = {'trimap_fraction': 0.05, 'label_max_side': 0, 'min_bg_side': 0}
 _PATH_FIELDS = ('root', 'image_dir', 'fg_dir', 'alpha_dir', 'bg_dir', 'eval_bg_dir')
+# The autolabel layout always filters (its label confidence must be checked) and
+# drops backgrounds with a long side under this many pixels unless told otherwise.
+AUTOLABEL_MIN_BG_SIDE = 480
 _NAME_RE = re.compile(r'^[A-Za-z0-9_][A-Za-z0-9_.+-]*$')
 
 
@@ -69,6 +82,11 @@ class MattingSetsConfig(tfds.core.BuilderConfig):
   test_fraction: float = 0.0
   max_pixels: int = compose.MAX_PIXELS
   quality_filter: str = ''  # JSON of quality.Thresholds fields; '' = no filter
+  # autolabel layout: unknown band radius / short side, closed-form solve side
+  # (0: the record size), and backgrounds with a shorter long side are dropped.
+  trimap_fraction: float = 0.05  # autolabel.DEFAULT_TRIMAP_FRACTION
+  label_max_side: int = 0
+  min_bg_side: int = 0
 
   def settings(self) -> compose.Settings:
     return compose.Settings(
@@ -77,7 +95,8 @@ class MattingSetsConfig(tfds.core.BuilderConfig):
         bg_policy=self.bg_policy, fg_method=self.fg_method, max_pixels=self.max_pixels,
         num_bg=(('train', self.num_bg), ('validation', self.eval_num_bg),
                 ('test', self.eval_num_bg)),
-        measure_quality=bool(self.quality_filter))
+        measure_quality=bool(self.quality_filter),
+        trimap_fraction=self.trimap_fraction, label_max_side=self.label_max_side)
 
 
 def make_config(layout: str, name: str | None = None, **fields) -> MattingSetsConfig:
@@ -97,14 +116,20 @@ def make_config(layout: str, name: str | None = None, **fields) -> MattingSetsCo
   for key in _PATH_FIELDS:
     if values.get(key):
       values[key] = os.path.abspath(os.path.expanduser(str(values[key])))
+  if layout == 'autolabel':
+    if not values.get('quality_filter'):
+      from data_prep import quality  # pylint: disable=g-import-not-at-top
+      values['quality_filter'] = quality.Thresholds()
+    values.setdefault('min_bg_side', AUTOLABEL_MIN_BG_SIDE)
   thresholds = values.get('quality_filter')
   if thresholds and not isinstance(thresholds, str):
     as_dict = thresholds if isinstance(thresholds, dict) else dataclasses.asdict(thresholds)
     values['quality_filter'] = json.dumps(as_dict, sort_keys=True)
   config = MattingSetsConfig(name='unnamed', **values)
   _check(config)
-  digest = hashlib.sha1(json.dumps({k: getattr(config, k) for k in _DATA_FIELDS},
-                                   sort_keys=True).encode()).hexdigest()[:10]
+  hashed = {k: getattr(config, k) for k in _DATA_FIELDS
+            if k not in _LATER_FIELDS or getattr(config, k) != _LATER_FIELDS[k]}
+  digest = hashlib.sha1(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:10]
   config_name = name or f'{layout}_{digest}'
   if not _NAME_RE.match(config_name):
     raise ValueError(f'Invalid data set name {config_name!r}: use letters, digits, _ . + -')
@@ -121,11 +146,15 @@ def _check(config: MattingSetsConfig) -> None:
   for key, known in choices.items():
     if getattr(config, key) not in known:
       raise ValueError(f'{key} must be one of {list(known)}, got {getattr(config, key)!r}')
-  composes = config.layout in ('compose', 'comp1k', 'd646')
+  composes = config.layout in ('compose', 'comp1k', 'd646', 'autolabel')
   if composes and not config.bg_dir:
     raise ValueError(f'Layout {config.layout!r} composites: it needs --bg DIR')
   if config.num_bg < 1 or config.eval_num_bg < 1 or config.max_side < 0:
     raise ValueError('num_bg and eval_num_bg must be >= 1 and max_side >= 0')
+  if not 0 < config.trimap_fraction < 0.5:
+    raise ValueError(f'trimap_fraction must be in (0, 0.5), got {config.trimap_fraction}')
+  if config.label_max_side < 0 or config.min_bg_side < 0:
+    raise ValueError('label_max_side and min_bg_side must be >= 0')
   if not (0 <= config.val_fraction and 0 <= config.test_fraction
           and config.val_fraction + config.test_fraction < 1):
     raise ValueError('val_fraction and test_fraction must be >= 0 and sum to less than 1')
@@ -206,12 +235,16 @@ class MattingSets(tfds.core.GeneratorBasedBuilder):
         test_fraction=config.test_fraction)
     self.report.extend(listing.problems)
     backgrounds = {}
-    if config.bg_dir:
+    if config.bg_dir and config.layout == 'autolabel':
+      backgrounds = self._autolabel_backgrounds(listing.sources)
+    elif config.bg_dir:
       for split in listing.sources:
         folder = config.bg_dir if split == 'train' else (config.eval_bg_dir or config.bg_dir)
         paths, problems = layouts.list_backgrounds(folder)
         self.report.extend(problems)
-        backgrounds[split] = paths
+        kept, dropped = layouts.drop_small_backgrounds(paths, config.min_bg_side, split)
+        self.report.extend(dropped)
+        backgrounds[split] = kept
     settings = config.settings()
     if self._num_workers > 1:
       # spawn: the parent has JAX/TFDS threads running, which fork would copy.
@@ -222,6 +255,40 @@ class MattingSets(tfds.core.GeneratorBasedBuilder):
       compose.init_worker(settings, backgrounds)
     return {split: self._generate_examples(split, sources)
             for split, sources in listing.sources.items()}
+
+  def _autolabel_backgrounds(self, splits) -> dict[str, list[str]]:
+    """Backgrounds per split, disjoint between train and the other splits:
+    --bg for train and --eval_bg for the others, or, without --eval_bg, --bg
+    split by the stable hash of each file name (val_fraction + test_fraction of
+    them held out). Backgrounds smaller than min_bg_side are dropped first."""
+    config = self.builder_config
+    groups = {}
+    if config.eval_bg_dir:
+      for group, folder in (('train', config.bg_dir), ('eval', config.eval_bg_dir)):
+        paths, problems = layouts.list_backgrounds(folder)
+        self.report.extend(problems)
+        groups[group] = paths
+    else:
+      paths, problems = layouts.list_backgrounds(config.bg_dir)
+      self.report.extend(problems)
+      eval_fraction = config.val_fraction + config.test_fraction
+      for path in paths:
+        groups.setdefault(layouts.background_split(path, eval_fraction), []).append(path)
+    out = {}
+    for group in ('train', 'eval'):
+      kept, dropped = layouts.drop_small_backgrounds(
+          groups.get(group, []), config.min_bg_side,
+          'train' if group == 'train' else 'validation+test')
+      self.report.extend(dropped)
+      groups[group] = kept
+    for split in splits:
+      kept = groups['train' if split == 'train' else 'eval']
+      if not kept:
+        raise ValueError(f'Split {split!r}: no background is left for it (after dropping '
+                         f'those under min_bg_side {config.min_bg_side} px); give more '
+                         'backgrounds, --eval_bg, or a lower --min_bg_side')
+      out[split] = kept
+    return out
 
   def _generate_examples(self, split, sources):
     config = self.builder_config

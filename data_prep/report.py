@@ -9,7 +9,8 @@ Each line is {"file", "reason", "detail", "action"} (+ "split" when known);
 `action` is 'skipped' (the file or pair is not in the data set), 'converted'
 (it is, after the conversion named in `reason`) or 'dropped' (readable, but
 the quality filter refused it). The last line is a summary,
-{"summary": {"skipped": n, "converted": n, "dropped": n, "examples": {...}}}.
+{"summary": {"skipped": n, "converted": n, "dropped": n, "examples": {...},
+"by_reason": {action: {reason: n}}}}.
 """
 
 import collections
@@ -51,9 +52,18 @@ class Report:
     return list(self._entries)
 
   def summary(self) -> dict[str, Any]:
+    """Counts per action, records per split, and 'by_reason': {action: {reason:
+    n}} (quality drops as 'quality: <check>', e.g. 'quality: confidence')."""
     counts = collections.Counter(entry['action'] for entry in self._entries)
+    by_reason: dict[str, collections.Counter] = {}
+    for entry in self._entries:
+      reason = entry['reason']
+      if reason == 'quality':
+        reason = 'quality: ' + entry['detail'].split(':', 1)[0]
+      by_reason.setdefault(entry['action'], collections.Counter())[reason] += 1
     return {**{action: counts.get(action, 0) for action in ACTIONS},
-            'examples': dict(self.examples)}
+            'examples': dict(self.examples),
+            'by_reason': {action: dict(sorted(c.items())) for action, c in by_reason.items()}}
 
   def write(self, path: str) -> str:
     """Writes the entries and a summary line to `path` atomically; returns the path."""
