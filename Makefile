@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # the release that pins that torch (pip would otherwise pull CUDA wheels).
 TORCH_PINS := torch==2.13.0 torchvision==0.28.0
 
-.PHONY: install install-test demo test clean
+.PHONY: install install-test demo test study clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,16 @@ demo: install
 
 test: install-test
 	$(PY) -m pytest -q tests
+
+# The real-portrait study (README "The study"): data from DATA (never
+# committed), both stages in their variants and seeds, baselines, peer, report.
+# Everything it writes goes under STUDY (git-ignored). Resumable: finished runs
+# are kept, an interrupted one resumes from its last checkpoint.
+DATA ?= ../shared/data
+STUDY ?= runs/study
+SEEDS ?= 0 1
+study: install
+	$(PY) -m bgmat.study --data $(DATA) --study $(STUDY) --seeds $(SEEDS)
 
 clean:
 	rm -rf demo_out .pytest_cache

@@ -50,9 +50,9 @@ def get_config(arg: str = 'demo'):
     config.model = dict(name='generator_small', kwargs=dict(residual_prior=True))
     config.image_size = 256
     config.batch_size = 8
-    config.num_train_steps = 1200
+    config.num_train_steps = 600
     config.opt.lr = 1e-3
-    config.opt.warmup_steps = 100
+    config.opt.warmup_steps = 50
     config.disc_opt.lr = 2e-4
     config.prior_scales = (1, 2, 3)
     config.aug.use_photo_prob = 0.5
@@ -62,7 +62,7 @@ def get_config(arg: str = 'demo'):
     config.checkpoint_every = 200
     config.eval_every = 0
     config.trimap_radius = 6
-    config.ema_decay = 0.995
+    config.ema_decay = 0.99
   elif size == 'full':
     # Real photos at 512 px (built with --max_side 1024 or more; see README).
     config.model = dict(name='generator_r34', kwargs=dict(residual_prior=True))

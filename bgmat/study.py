@@ -1,0 +1,119 @@
+r"""The real-portrait study, from a data folder to the report (`make study`).
+
+  python -m bgmat.study --data ../shared/data --study runs/study [--seeds 0 1] \
+      [--stages data,preseg,matting,report] [--mediapipe_python /path/to/venv/bin/python]
+
+Steps (each skipped when its output exists, so an interrupted study resumes;
+an interrupted training run resumes from its last checkpoint):
+  1. data: two TFDS sets under STUDY/data, both split by the same stable hash
+     of the photo id (10% validation, 10% test):
+     `matting_sets/portraits_seg`: the portraits with their hand-labelled
+     binary masks (stage 1 trains and is scored on these);
+     `matting_sets/portraits_study`: the portraits auto-labelled (mask ->
+     trimap -> closed-form alpha -> foreground colours), filtered by quality
+     and label confidence, each on its own background and composited onto
+     real backgrounds, train and eval backgrounds disjoint (stage 2).
+  2. preseg: `configs/preseg.py:study` improved and original, one run per seed.
+  3. matting: `configs/matting.py:study` with and without the adversarial
+     loss, one run per seed, all on the same frozen stage 1 (improved, first
+     seed), so that the matting comparisons change one thing.
+  4. report: `python -m bgmat.report` over all runs -> STUDY/report.
+
+DATA must hold `portraits/{image,mask}`, `backgrounds/` and, for the report's
+true-alpha check, `alphamatting/` (see each folder's README). Nothing here is
+meant to be committed: STUDY is git-ignored.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+
+STAGES = ('data', 'preseg', 'matting', 'peer', 'report')
+
+
+def _run(command: list[str], log_path: str | None = None) -> None:
+  print('+ ' + ' '.join(command), flush=True)
+  if log_path is None:
+    subprocess.run(command, check=True)
+    return
+  with open(log_path, 'a', encoding='utf-8') as log:
+    subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _finished(workdir: str) -> bool:
+  return os.path.exists(os.path.join(workdir, 'eval', 'test_metrics.json'))
+
+
+def build_data(args, data_dir: str) -> None:
+  py = sys.executable
+  portraits = os.path.join(args.data, 'portraits')
+  common = ['--data_dir', data_dir, '--max_side', '320', '--val_fraction', '0.1',
+            '--test_fraction', '0.1']
+  _run([py, '-m', 'data_prep.build', 'matting_sets', '--layout', 'natural',
+        '--image', os.path.join(portraits, 'image'), '--alpha', os.path.join(portraits, 'mask'),
+        '--fg_method', 'none', '--name', 'portraits_seg', *common])
+  _run([py, '-m', 'data_prep.build', 'matting_sets', '--layout', 'autolabel',
+        '--image', os.path.join(portraits, 'image'), '--mask', os.path.join(portraits, 'mask'),
+        '--bg', os.path.join(args.data, 'backgrounds'), '--num_bg', '2', '--eval_num_bg', '1',
+        '--name', 'portraits_study', '--workers', str(args.workers), *common])
+
+
+def train_runs(args, data_dir: str, stage: str) -> list[str]:
+  """Trains (or resumes) every run of `stage`; returns their workdirs."""
+  variants = ({'improved': 'study', 'original': 'study,original'} if stage == 'preseg' else
+              {'adv': 'study', 'noadv': 'study,noadv'})
+  workdirs = []
+  for seed in args.seeds:
+    for name, arg in variants.items():
+      workdir = os.path.join(args.study, f'{stage}_{name}_s{seed}')
+      workdirs.append(workdir)
+      if _finished(workdir) or stage not in args.stages:
+        continue
+      command = [sys.executable, '-m', 'bgmat.main', '--config', f'configs/{stage}.py:{arg}',
+                 '--workdir', workdir, f'--config.data_dir={data_dir}',
+                 f'--config.seed={seed}']
+      if stage == 'matting':
+        command.append(f'--config.preseg_workdir=preseg_improved_s{args.seeds[0]}')
+      os.makedirs(args.study, exist_ok=True)
+      _run(command, workdir + '.log')
+  return workdirs
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
+  parser.add_argument('--data', required=True, help='folder with portraits/, backgrounds/, '
+                      'alphamatting/')
+  parser.add_argument('--study', default='runs/study', help='output folder')
+  parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1])
+  parser.add_argument('--stages', default=','.join(STAGES),
+                      help=f'comma-separated subset of {STAGES}')
+  parser.add_argument('--workers', type=int, default=2, help='data build processes')
+  parser.add_argument('--mediapipe_python', default='',
+                      help='python of a venv with mediapipe==0.10.21 (bench/peer_mediapipe.py)')
+  args = parser.parse_args(argv)
+  args.stages = set(args.stages.split(','))
+  unknown = args.stages - set(STAGES)
+  if unknown:
+    parser.error(f'unknown stages {sorted(unknown)}; valid: {STAGES}')
+  for folder in ('portraits/image', 'portraits/mask', 'backgrounds'):
+    if not os.path.isdir(os.path.join(args.data, folder)):
+      parser.error(f'{os.path.join(args.data, folder)}: no such folder (--data must hold '
+                   'portraits/image, portraits/mask and backgrounds/)')
+  data_dir = os.path.abspath(os.path.join(args.study, 'data'))
+  if 'data' in args.stages:
+    build_data(args, data_dir)
+  preseg = train_runs(args, data_dir, 'preseg')
+  matting = train_runs(args, data_dir, 'matting')
+  if 'report' in args.stages:
+    command = [sys.executable, '-m', 'bgmat.report', '--workdirs', *preseg, *matting,
+               '--data_dir', data_dir, '--cf_config', 'study',
+               '--out', os.path.join(args.study, 'report')]
+    alphamatting = os.path.join(args.data, 'alphamatting')
+    if os.path.isdir(alphamatting):
+      command += ['--alphamatting', alphamatting]
+    _run(command)
+
+
+if __name__ == '__main__':
+  main()
