@@ -3,23 +3,36 @@ r"""A markdown report of the method's comparisons from trained runs.
   python -m bgmat.report --workdirs runs/demo/preseg runs/demo/preseg_original \
       runs/demo/matting runs/demo/matting_noadv --data_dir ./data --out report/
 
-Reads each workdir (config.json, metrics.jsonl, the last checkpoint through
-`checkpointing.restore_state_only`), evaluates every model on the test split
-with the DIM metrics (`bgmat/metrics.py`; whole image and the unknown band of
-the ground-truth trimap), adds the baselines and writes `report.md` plus PNGs
-(training curves, sample mattes) into --out:
+  # The study (README_report): seeds, segmentation with a peer, alphamatting, cut-outs.
+  python -m bgmat.report --workdirs runs/study/preseg_*_s* runs/study/matting_*_s* \
+      --data_dir DATA/tfds --cf_config study --seg_dataset matting_sets/portraits_seg \
+      --peer_table bench/results/peer_mediapipe.json --alphamatting DATA/alphamatting \
+      --cutouts --compare_workdir runs/demo/matting --out bench/results/report_study
 
-  * DeepLabV3+ original vs improved (IoU, SAD, ...): preseg runs, told apart by
-    `model.kwargs.improved`;
-  * matting with vs without the adversarial loss: matting runs (`adv.weight`);
-  * closed-form matting (pymatting) with a trimap from the pre-segmentation and,
-    as an upper bound, from the ground truth (`configs/closed_form.py`);
-  * the automatic baseline: the pre-segmentation used directly as alpha.
+Reads each workdir (config.json, metrics.jsonl, the weights through
+`bgmat.runs`), and writes `report.md`, `results.json` (matting table rows),
+`summary.json` (everything, with the verdicts) and PNGs into --out:
 
-The pre-segmentation behind the matting rows and the baselines is --preseg, else
-the matting runs' own `preseg_workdir` when it exists, else the improved preseg
-run given.
-Verdicts on the method's claims are computed from the table, never assumed.
+  * Segmentation table (--seg_dataset, --seg_split, default validation): IoU
+    and boundary F of alpha >= 0.5 for each preseg run and each matting run's
+    alpha, plus peer rows read from --peer_table (`report_stats.read_peer_table`).
+  * Matting table (the matting runs' data set, --split, default test): the
+    DIM metrics whole image and in the ground-truth trimap's unknown band, IoU,
+    boundary F, for every run; the pre-segmentation used as alpha; closed-form
+    matting (pymatting) with a trimap from the pre-segmentation and, as an upper
+    bound, from the ground truth. Every metric is computed on the photo region of
+    the letterboxed example (`metrics.region_eval_metrics`).
+  * alphamatting.com (--alphamatting DIR): matting stage with a prior made from
+    each trimap vs closed-form with that trimap (`report_extras`).
+  * Cut-outs (--cutouts): the held-out astronaut and Grace Hopper.
+
+Runs with the same label (DeepLabV3+ improved / original; matting adversarial
+/ no adversarial) are seeds: the tables add a mean ± spread row per variant
+(spread: half the range over the seeds) and the verdicts compare variant
+means, a difference within the combined spread being a tie
+(`report_stats`). Each matting run is evaluated with its own stage 1
+(`preseg_workdir`) unless --preseg is given. No picture of data-set examples
+is written unless the data set is synthetic (`data_pictures_allowed`).
 """
 
 import argparse
