@@ -461,7 +461,6 @@ def write_report(runs, rows, seg_rows, peers, alpha_rows, cutouts, curves, sampl
       'sure foreground where no pixel within the band has p < the upper threshold, sure '
       'background where none has p > the lower one, unknown elsewhere.', '']
   if alpha_rows:
-    agroups = stats.group_seeds(alpha_rows, COLUMNS[1:])
     lines += ['## alphamatting.com (true soft alpha)', '',
               f'{alpha_rows[0]["n"]} photos of `{args.alphamatting}`, '
               + (f'downscaled to a long side of at most {args.alphamatting_max_side} px '
@@ -471,9 +470,11 @@ def write_report(runs, rows, seg_rows, peers, alpha_rows, cutouts, curves, sampl
               'background 0, unknown 0.5, ' +
               (f'Gaussian blur sigma {args.alphamatting_blur} px' if args.alphamatting_blur
                else 'not blurred') + '); closed-form matting gets the same trimap. '
-              '"(unknown)": over the trimap\'s unknown region.', '',
-              *table(alpha_rows, [g for g in agroups], ('method', 'trimap', 'run'),
-                     COLUMNS[1:]), '']
+              '"(unknown)": over the trimap\'s unknown region.', '']
+    for trimap in sorted({r['trimap'] for r in alpha_rows}):
+      chosen = [r for r in alpha_rows if r['trimap'] == trimap]
+      lines += [f'### {trimap}', '', *table(chosen, stats.group_seeds(chosen, COLUMNS[1:]),
+                                            ('method', 'trimap', 'run'), COLUMNS[1:]), '']
   lines += ['## The method\'s claims, checked', '', *verdicts(rows, seg_rows, alpha_rows), '']
   if cutouts:
     lines += ['## Cut-outs of held-out photos', '',
