@@ -18,13 +18,11 @@ import concurrent.futures
 import dataclasses
 import functools
 import glob
-import json
 import os
 import sys
 from typing import Any, Sequence
 
 import jax
-import ml_collections
 import numpy as np
 from PIL import Image
 from PIL import ImageColor
@@ -128,23 +126,16 @@ class Remover:
 
     `kwargs`: buckets, max_side, tile_overlap (see the class docstring).
     """
-    # Training code is imported here only, so `from_export` does not need it.
-    from bgmat import checkpointing  # pylint: disable=g-import-not-at-top
-    from bgmat import train  # pylint: disable=g-import-not-at-top
-    config_path = os.path.join(workdir, 'config.json')
-    if not os.path.exists(config_path):
-      raise FileNotFoundError(f'{config_path} not found: --workdir must be a trained '
-                              'matting run (python -m bgmat.main --config configs/matting.py)')
-    with open(config_path, encoding='utf-8') as f:
-      config = ml_collections.ConfigDict(json.load(f))
+    # Checkpoint code is imported here only, so `from_export` does not need it.
+    from bgmat import runs  # pylint: disable=g-import-not-at-top
+    config = runs.read_config(workdir)
     if config.stage != 'matting':
       raise ValueError(f'{workdir} is a {config.stage!r} run; pass the matting run\'s workdir')
-    state = checkpointing.restore_state_only(workdir)
-    params = state['ema_params'] if config.eval_ema else state['params']
-    matting_vars = {'params': params, 'batch_stats': state['batch_stats']}
-    preseg_model, preseg_vars = train.load_frozen_preseg(
-        train.resolve_preseg_workdir(config, workdir))
-    return cls(train.build_model(config.model), matting_vars, preseg_model, preseg_vars,
+    # One rule for the weights (runs.eval_variables): EMA parameters with their
+    # EMA BatchNorm statistics, as the run was evaluated.
+    matting = runs.load_stage(workdir)
+    preseg = runs.load_preseg(workdir)
+    return cls(matting.module, matting.variables, preseg.module, preseg.variables,
                working_size or config.image_size, **kwargs)
 
   @classmethod

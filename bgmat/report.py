@@ -3,23 +3,36 @@ r"""A markdown report of the method's comparisons from trained runs.
   python -m bgmat.report --workdirs runs/demo/preseg runs/demo/preseg_original \
       runs/demo/matting runs/demo/matting_noadv --data_dir ./data --out report/
 
-Reads each workdir (config.json, metrics.jsonl, the last checkpoint through
-`checkpointing.restore_state_only`), evaluates every model on the test split
-with the DIM metrics (`bgmat/metrics.py`; whole image and the unknown band of
-the ground-truth trimap), adds the baselines and writes `report.md` plus PNGs
-(training curves, sample mattes) into --out:
+  # The study (README_report): seeds, segmentation with a peer, alphamatting, cut-outs.
+  python -m bgmat.report --workdirs runs/study/preseg_*_s* runs/study/matting_*_s* \
+      --data_dir DATA/tfds --cf_config study --seg_dataset matting_sets/portraits_seg \
+      --peer_table bench/results/peer_mediapipe.json --alphamatting DATA/alphamatting \
+      --cutouts --compare_workdir runs/demo/matting --out bench/results/report_study
 
-  * DeepLabV3+ original vs improved (IoU, SAD, ...): preseg runs, told apart by
-    `model.kwargs.improved`;
-  * matting with vs without the adversarial loss: matting runs (`adv.weight`);
-  * closed-form matting (pymatting) with a trimap from the pre-segmentation and,
-    as an upper bound, from the ground truth (`configs/closed_form.py`);
-  * the automatic baseline: the pre-segmentation used directly as alpha.
+Reads each workdir (config.json, metrics.jsonl, the weights through
+`bgmat.runs`), and writes `report.md`, `results.json` (matting table rows),
+`summary.json` (everything, with the verdicts) and PNGs into --out:
 
-The pre-segmentation behind the matting rows and the baselines is --preseg, else
-the matting runs' own `preseg_workdir` when it exists, else the improved preseg
-run given.
-Verdicts on the method's claims are computed from the table, never assumed.
+  * Segmentation table (--seg_dataset, --seg_split, default validation): IoU
+    and boundary F of alpha >= 0.5 for each preseg run and each matting run's
+    alpha, plus peer rows read from --peer_table (`report_stats.read_peer_table`).
+  * Matting table (the matting runs' data set, --split, default test): the
+    DIM metrics whole image and in the ground-truth trimap's unknown band, IoU,
+    boundary F, for every run; the pre-segmentation used as alpha; closed-form
+    matting (pymatting) with a trimap from the pre-segmentation and, as an upper
+    bound, from the ground truth. Every metric is computed on the photo region of
+    the letterboxed example (`metrics.region_eval_metrics`).
+  * alphamatting.com (--alphamatting DIR): matting stage with a prior made from
+    each trimap vs closed-form with that trimap (`report_extras`).
+  * Cut-outs (--cutouts): the held-out astronaut and Grace Hopper.
+
+Runs with the same label (DeepLabV3+ improved / original; matting adversarial
+/ no adversarial) are seeds: the tables add a mean ± spread row per variant
+(spread: half the range over the seeds) and the verdicts compare variant
+means, a difference within the combined spread being a tie
+(`report_stats`). Each matting run is evaluated with its own stage 1
+(`preseg_workdir`) unless --preseg is given. No picture of data-set examples
+is written unless the data set is synthetic (`data_pictures_allowed`).
 """
 
 import argparse
@@ -36,35 +49,38 @@ import ml_collections  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-i
 import numpy as np  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 from bgmat import baselines  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-from bgmat import checkpointing  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 from bgmat import input_pipeline  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 from bgmat import metrics as metrics_lib  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-from bgmat import train  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from bgmat import report_extras  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from bgmat import report_stats as stats  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from bgmat import runs as runs_lib  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 from bgmat import writers  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 import configs.closed_form as closed_form_configs  # noqa: E402  pylint: disable=wrong-import-position
 
 METRICS = ('sad', 'mse', 'grad', 'conn')
 COLUMNS = ('iou',) + METRICS + tuple(f'{m}_unknown' for m in METRICS)
+SEG_COLUMNS = ('iou', 'boundary_f')
+SYNTHETIC_DATASETS = ('synthetic_portraits', 'synthetic')
 
 
 class Run:
-  """One workdir: its config, logged scalars and a role in the comparisons."""
+  """One workdir: its config, logged scalars and a role in the comparisons.
+
+  Runs with the same `label` are seeds of one variant (module doc).
+  """
 
   def __init__(self, workdir: str):
     self.workdir = os.path.abspath(workdir)
-    path = os.path.join(self.workdir, 'config.json')
-    if not os.path.exists(path):
+    if not os.path.exists(os.path.join(self.workdir, 'config.json')):
       raise FileNotFoundError(f'{workdir}: no config.json (not a bgmat run directory)')
-    with open(path, encoding='utf-8') as f:
-      try:
-        self.config = ml_collections.ConfigDict(json.load(f))
-      except json.JSONDecodeError as e:
-        raise ValueError(f'{path}: not valid JSON ({e})') from e
+    try:
+      self.config = runs_lib.read_config(self.workdir)
+    except json.JSONDecodeError as e:
+      raise ValueError(f'{workdir}/config.json: not valid JSON ({e})') from e
     self.name = os.path.basename(self.workdir.rstrip('/'))
     self.scalars = writers.read_jsonl(os.path.join(self.workdir, 'metrics.jsonl'))
     if self.config.stage == 'preseg':
-      improved = self.config.model.get('kwargs', {}).get('improved', False)
-      self.label = 'DeepLabV3+ ' + ('improved' if improved else 'original')
+      self.label = 'DeepLabV3+ ' + ('improved' if self.improved else 'original')
     elif self.config.stage == 'matting':
       adv = self.config.adv.weight > 0
       self.label = ('matting, adversarial (weight %g)' % self.config.adv.weight if adv
@@ -77,69 +93,141 @@ class Run:
     return bool(self.config.model.get('kwargs', {}).get('improved', False))
 
 
-def _eval_config(run: Run, args) -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict(run.config.to_dict())
+def _eval_config(config, args, dataset: str | None = None) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict(config.to_dict())
   if args.data_dir:
     config.data_dir = args.data_dir
+  if dataset:
+    config.dataset = dataset
   config.max_eval_examples = args.max_examples or None
   return config
 
 
+_PRESEG_CACHE: dict = {}
+
+
+def preseg_prob_fn(workdir: str):
+  """jitted images (N, H, W, 3) -> (N, H, W, 1) probability of a stage-1 run
+  (`runs.load_preseg`: the run itself, or a matting run's stage 1)."""
+  workdir = os.path.abspath(workdir)
+  if workdir not in _PRESEG_CACHE:
+    stage = runs_lib.load_preseg(workdir)
+    variables = jax.device_put(stage.variables)
+    apply = jax.jit(lambda v, x: runs_lib.preseg_probability(stage.module, v, x))
+    _PRESEG_CACHE[workdir] = lambda images: np.asarray(apply(variables, images))
+  return _PRESEG_CACHE[workdir]
+
+
 def _predictor(run: Run, preseg_prob):
-  """images (N, H, W, 3) -> alpha (N, H, W, 1) of the run's final checkpoint."""
-  state = checkpointing.restore_state_only(run.workdir)
-  model = train.build_model(run.config.model)
+  """images (N, H, W, 3) -> alpha (N, H, W, 1) of the run (`runs.load_stage`)."""
   if run.config.stage == 'preseg':
-    variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
-    apply = jax.jit(lambda v, x: jax.nn.sigmoid(model.apply(v, x, train=False)))
-    return lambda images: np.asarray(apply(variables, images))
-  use_ema = run.config.get('eval_ema', False) and 'ema_params' in state
-  variables = {'params': state['ema_params'] if use_ema else state['params'],
-               'batch_stats': state['batch_stats']}
-  apply = jax.jit(lambda v, x, p: model.apply(v, x, p, train=False))
+    return preseg_prob_fn(run.workdir)
+  stage = runs_lib.load_stage(run.workdir)
+  variables = jax.device_put(stage.variables)
+  apply = jax.jit(lambda v, x, p: stage.module.apply(v, x, p, train=False))
   return lambda images: np.asarray(apply(variables, images, preseg_prob(images)))
 
 
-def evaluate_rows(runs: list[Run], preseg_prob, args, log=print) -> list[dict]:
-  """Evaluates every run and the baselines on the test split; one dict per row."""
+def matting_preseg(run: Run, args) -> str:
+  """Workdir of the stage 1 behind a matting run's rows: --preseg, else the
+  run's own preseg_workdir if it exists, else `args.preseg_dir`."""
+  if args.preseg:
+    return args.preseg_dir
+  own = runs_lib.resolve_preseg_workdir(run.config, run.workdir)
+  return own if os.path.isdir(own) else args.preseg_dir
+
+
+def evaluate_rows(runs: list[Run], args, log=print) -> list[dict]:
+  """Every run and the baselines on the matting data set's --split; one dict per row.
+
+  The data set is the matting runs' (else the first run's). Baselines are made
+  from each distinct pre-segmentation behind the matting rows (one row each).
+  """
   rows = []
-  template = _eval_config(runs[0], args)
-  cf_arg = args.cf_config
+  template = _eval_config(_template_config(runs), args)
+  presegs = []
   for run in runs:
-    config = _eval_config(run, args)
-    predict = _predictor(run, preseg_prob)
+    preseg = matting_preseg(run, args) if run.config.stage == 'matting' else None
+    if preseg and preseg not in presegs:
+      presegs.append(preseg)
+    predict = _predictor(run, preseg_prob_fn(preseg) if preseg else None)
     rows.append(dict(method=run.label, trimap='none', run=run.name,
-                     **_evaluate(config, predict, args.split)))
+                     **_evaluate(template, predict, args.split)))
     log(f'evaluated {run.name}')
+  presegs = presegs or [args.preseg_dir]
+  fixed = len(presegs) == 1  # All matting rows used this one stage 1: no seed noise.
   # The automatic baseline: stage 1's probability used directly as alpha.
-  rows.append(dict(method='pre-segmentation as alpha (automatic)', trimap='none',
-                   run=args.preseg_name, **_evaluate(template, preseg_prob, args.split)))
+  for preseg in presegs:
+    rows.append(dict(method='pre-segmentation as alpha (automatic)', trimap='none',
+                     run=_name(preseg), deterministic=fixed,
+                     **_evaluate(template, preseg_prob_fn(preseg), args.split)))
   for source in ('preseg', 'gt'):
-    cf = closed_form_configs.get_config(cf_arg + (',gt_trimap' if source == 'gt' else ''))
+    cf = closed_form_configs.get_config(args.cf_config + (',gt_trimap' if source == 'gt' else ''))
     for key in ('dataset', 'data_dir', 'image_size', 'trimap_radius', 'max_eval_examples'):
       cf[key] = template[key]
     cf.eval_metrics = METRICS  # Every row gets all four, whatever the config's size.
-    results, _ = baselines.evaluate_closed_form(cf, args.split, preseg_prob)
     trimap = ('pre-segmentation (p>=%g / p<=%g, band %d px)' % (
         cf.fg_threshold, cf.bg_threshold, cf.band_radius) if source == 'preseg'
               else 'ground truth (upper bound)')
-    rows.append(dict(method='closed-form matting (pymatting)', trimap=trimap, run='-',
-                     **{k.split('/', 1)[1]: v for k, v in results.items()}))
-    log(f'evaluated closed-form, trimap from {source}')
+    for preseg in presegs if source == 'preseg' else [None]:
+      results, _ = baselines.evaluate_closed_form(
+          cf, args.split, preseg_prob_fn(preseg) if preseg else None)
+      rows.append(dict(method='closed-form matting (pymatting)' + (
+          '' if preseg else ', ground-truth trimap'), trimap=trimap,
+                       run=_name(preseg) if preseg else '-', deterministic=fixed or not preseg,
+                       **{k.split('/', 1)[1]: v for k, v in results.items()}))
+      log(f'evaluated closed-form, trimap from {source}')
   return rows
 
 
-def _evaluate(config, predict, split: str) -> dict:
+def segmentation_rows(runs: list[Run], args, log=print) -> list[dict]:
+  """IoU and boundary F (alpha >= 0.5) of every preseg run and every matting
+  run's alpha on --seg_dataset's --seg_split (default: the preseg runs' data set)."""
+  dataset = seg_dataset(runs, args)
+  rows = []
+  for run in runs:
+    preseg = matting_preseg(run, args) if run.config.stage == 'matting' else None
+    config = _eval_config(run.config, args, dataset)
+    predict = _predictor(run, preseg_prob_fn(preseg) if preseg else None)
+    rows.append(dict(method=run.label, run=run.name, split=args.seg_split,
+                     **_evaluate(config, predict, args.seg_split, which=())))
+    log(f'segmentation {run.name}')
+  return rows
+
+
+def seg_dataset(runs: list[Run], args) -> str:
+  if args.seg_dataset:
+    return args.seg_dataset
+  preseg = [r for r in runs if r.config.stage == 'preseg']
+  return (preseg or runs)[0].config.dataset
+
+
+def _template_config(runs: list[Run]):
+  return next((r for r in runs if r.config.stage == 'matting'), runs[0]).config
+
+
+def _name(workdir: str) -> str:
+  return os.path.basename(os.path.abspath(workdir).rstrip('/'))
+
+
+def _evaluate(config, predict, split: str, which=METRICS) -> dict:
+  """Mean metrics of `predict` over `split`, each example cropped to its photo
+  region (`metrics.region_eval_metrics`); 'n': the number of examples."""
   accumulator = metrics_lib.MattingEvalAccumulator()
+  count = 0
   for batch in input_pipeline.eval_batches(
       config, split, process_index=0, process_count=1, per_process_batch=config.batch_size,
       max_examples=config.get('max_eval_examples')):
     valid = batch['valid'] > 0
     if valid.any():
       pred = predict(batch['image'])[valid]
-      accumulator.update(metrics_lib.batch_eval_metrics(
-          pred, batch['alpha'][valid], batch['trimap'][valid], which=METRICS))
-  return accumulator.compute()
+      accumulator.update(metrics_lib.region_eval_metrics(
+          pred, batch['alpha'][valid], batch['trimap'][valid], batch['region'][valid],
+          which=which))
+      count += int(valid.sum())
+  if not count:
+    raise ValueError(f'No {split} examples in {config.dataset} ({config.data_dir})')
+  return dict(accumulator.compute(), n=count)
 
 
 # ---------------------------------------------------------------------------
@@ -161,7 +249,7 @@ def plot_curves(runs: list[Run], out_dir: str) -> list[str]:
         points = [(r['step'], r[key]) for r in run.scalars if key in r]
         if points:
           steps, values = zip(*points)
-          axis.plot(steps, values, label=run.label, marker='.')
+          axis.plot(steps, values, label=f'{run.name} ({run.label})', marker='.')
       axis.set_xlabel('step')
       axis.set_title(key)
       axis.grid(alpha=0.3)
@@ -199,19 +287,26 @@ def plot_samples(columns: dict[str, np.ndarray], out_dir: str, count: int = 4) -
   return path
 
 
-def sample_columns(runs: list[Run], preseg_prob, args, count: int = 4) -> dict:
+def data_pictures_allowed(dataset: str, no_data_pictures: bool = False) -> bool:
+  """Pictures of data-set images go into the report only for generated data
+  (`synthetic_portraits`, `synthetic`): real photos (matting_sets, ...) are
+  research data and must never be committed."""
+  return not no_data_pictures and dataset.split('/')[0] in SYNTHETIC_DATASETS
+
+
+def sample_columns(runs: list[Run], args, count: int = 4) -> dict:
   """The first `count` test images and every method's alpha for them."""
-  template = _eval_config(runs[0], args)
+  template = _eval_config(_template_config(runs), args)
   batch = next(input_pipeline.eval_batches(
       template, args.split, process_index=0, process_count=1, per_process_batch=count))
   valid = batch['valid'] > 0
   images = batch['image'][valid]
-  prob = preseg_prob(images)
+  prob = preseg_prob_fn(args.preseg_dir)(images)
   cf = closed_form_configs.get_config(args.cf_config)
   columns = {'input': images, 'ground truth': batch['alpha'][valid], 'pre-seg': prob}
   for run in runs:
     if run.config.stage == 'matting':
-      columns[run.name] = _predictor(run, preseg_prob)(images)
+      columns[run.name] = _predictor(run, preseg_prob_fn(matting_preseg(run, args)))(images)
   trimaps = np.stack([baselines.trimap_from_prob(p, cf.fg_threshold, cf.bg_threshold,
                                                  cf.band_radius) for p in prob])
   columns['trimap (pre-seg)'] = trimaps
@@ -223,94 +318,179 @@ def sample_columns(runs: list[Run], preseg_prob, args, count: int = 4) -> dict:
 # The report.
 # ---------------------------------------------------------------------------
 
+_fmt = stats.fmt
+_NAMES = {'iou': 'IoU', 'boundary_f': 'boundary F', 'sad': 'SAD', 'mse': 'MSE', 'grad': 'Grad',
+          'conn': 'Conn'}
 
-def _fmt(value) -> str:
-  return '-' if value is None or not np.isfinite(value) else f'{value:.4g}'
+
+def _title(key: str) -> str:
+  base = key.replace('_unknown', '')
+  return _NAMES.get(base, base) + (' (unknown)' if key.endswith('_unknown') else '')
+
+
+def table(rows: list[dict], groups: list[dict], lead: tuple, keys: tuple) -> list[str]:
+  """Markdown: one line per run row, then one 'mean ± spread' line per variant
+  with more than one seed (spread: half the range over the seeds)."""
+  head = '| ' + ' | '.join(list(lead) + ['n'] + [_title(k) for k in keys]) + ' |'
+  lines = [head, '|' + '---|' * (len(lead) + 1 + len(keys))]
+  for row in rows:
+    lines.append('| ' + ' | '.join([str(row.get(c, '')) for c in lead] + [str(row.get('n', ''))]
+                                   + [_fmt(row.get(k)) for k in keys]) + ' |')
+  for group in groups:
+    if group['n'] < 2:
+      continue
+    cells = [f"**{group['method']}**" if c == 'method' else
+             f"**mean ± spread, {group['n']} seeds**" if c == 'run' else '' for c in lead]
+    values = [f"**{_fmt(group.get(k))} ± {_fmt(group.get(k + '_spread'))}**" for k in keys]
+    lines.append('| ' + ' | '.join(cells + ['']  + values) + ' |')
+  return lines
 
 
 def results_table(rows: list[dict]) -> list[str]:
-  head = ('| method | trimap | run | IoU | SAD | MSE | Grad | Conn | SAD (unknown) | '
-          'MSE (unknown) | Grad (unknown) | Conn (unknown) |')
-  lines = [head, '|' + '---|' * 12]
-  for row in rows:
-    lines.append(f"| {row['method']} | {row['trimap']} | {row['run']} | " +
-                 ' | '.join(_fmt(row.get(c)) for c in COLUMNS) + ' |')
-  return lines
+  return table(rows, stats.group_seeds(rows, COLUMNS), ('method', 'trimap', 'run'), COLUMNS)
 
 
-def _compare(first: dict, second: dict, keys) -> tuple[int, int, str]:
-  """(wins of row `first` over `second`, metrics compared, detail); IoU up, errors down."""
-  wins, parts = 0, []
-  for key in [k for k in keys if first.get(k) is not None and second.get(k) is not None]:
-    a, b = first[key], second[key]
-    win = a > b if key == 'iou' else a < b
-    wins += int(win)
-    parts.append(f'{key} {_fmt(a)} vs {_fmt(b)}')
-  return wins, len(parts), '; '.join(parts)
+def _group(groups, method_prefix):
+  return next((g for g in groups if g['method'].startswith(method_prefix)), None)
 
 
-def verdicts(rows: list[dict]) -> list[str]:
-  """The method's claims, each checked against the table."""
-  methods = {r['method'] for r in rows}
-  claims = [
-      ('the improved DeepLabV3+ segments better than the original (IoU, SAD)',
-       'DeepLabV3+ improved', 'DeepLabV3+ original', ('iou', 'sad')),
-      ('the adversarial loss improves the matting stage (all eight matting numbers)',
-       next((m for m in methods if m.startswith('matting, adversarial')), None),
-       'matting, no adversarial loss', COLUMNS[1:]),
-      ('the matting stage beats the pre-segmentation used as alpha (automatic baseline)',
-       next((m for m in methods if m.startswith('matting, adversarial')), None),
-       'pre-segmentation as alpha (automatic)', COLUMNS[1:]),
-  ]
-  cf_preseg = next((r for r in rows if r['method'].startswith('closed-form') and
-                    r['trimap'].startswith('pre-seg')), None)
+def _claim(lines, claim, better, worse, keys):
+  if better is None or worse is None:
+    lines.append(f'- {claim}: not tested (a run is missing).')
+    return None
+  text, outcomes = stats.verdict(better, worse, keys)
+  detail = '; '.join(f'{d} ({o})' for o, d in outcomes)
+  lines.append(f"- {claim}: **{text}** ({better['n']} vs {worse['n']} seeds; {detail}).")
+  return text
+
+
+def verdicts(rows: list[dict], seg_rows: list[dict] | None = None,
+             alpha_rows: list[dict] | None = None) -> list[str]:
+  """The method's claims, each checked against the variant means (report_stats)."""
+  groups = stats.group_seeds(rows, COLUMNS + ('boundary_f',))
+  seg = stats.group_seeds(seg_rows or [], SEG_COLUMNS)
+  method = _group(groups, 'matting, adversarial') or _group(groups, 'matting, no adv')
   lines = []
-  for claim, better, worse, keys in claims:
-    if better not in methods or worse not in methods:
-      lines.append(f'- {claim}: not tested (a run is missing).')
-      continue
-    for first in (r for r in rows if r['method'] == better):
-      wins, total, detail = _compare(first, next(r for r in rows if r['method'] == worse), keys)
-      verdict = ('reproduced' if wins == total else 'NOT reproduced' if wins == 0 else
-                 f'partly reproduced ({wins} of {total})')
-      lines.append(f"- {claim} (`{first['run']}`): **{verdict}** at this size ({detail}).")
-  adv = next((m for m in methods if m.startswith('matting, adversarial')), None)
-  if cf_preseg and adv:
-    adv_row = next(r for r in rows if r['method'] == adv)
-    wins, total, _ = _compare(adv_row, cf_preseg, COLUMNS[1:])
-    lines.append(f'- the automatic method vs closed-form matting with a trimap from the same '
-                 f'pre-segmentation: the matting stage is better on {wins} of {total} numbers.')
+  if seg:
+    _claim(lines, 'the improved DeepLabV3+ segments better than the original '
+           '(segmentation table: IoU, boundary F)',
+           _group(seg, 'DeepLabV3+ improved'), _group(seg, 'DeepLabV3+ original'), SEG_COLUMNS)
+  else:
+    _claim(lines, 'the improved DeepLabV3+ segments better than the original (IoU, SAD)',
+           _group(groups, 'DeepLabV3+ improved'), _group(groups, 'DeepLabV3+ original'),
+           ('iou', 'sad'))
+  _claim(lines, 'the adversarial loss improves the matting stage (all eight matting numbers)',
+         _group(groups, 'matting, adversarial'), _group(groups, 'matting, no adversarial'),
+         COLUMNS[1:])
+  name = f"the matting stage ({method['method']})" if method else 'the matting stage'
+  _claim(lines, f'{name} beats the pre-segmentation used as alpha (automatic baseline)',
+         method, _group(groups, 'pre-segmentation as alpha'), COLUMNS[1:])
+  _claim(lines, f'{name} beats closed-form matting with a trimap from the same '
+         'pre-segmentation', method, next(
+             (g for g in groups if g['method'] == 'closed-form matting (pymatting)'), None),
+         COLUMNS[1:])
+  if seg and method:
+    seg_method = _group(seg, method['method'])
+    seg_preseg = _group(seg, 'DeepLabV3+ improved') or _group(seg, 'DeepLabV3+ original')
+    if seg_method and seg_preseg:
+      iou, iou_detail = stats.compare(seg_method, seg_preseg, 'iou')
+      bf, bf_detail = stats.compare(seg_method, seg_preseg, 'boundary_f')
+      ok = iou in ('win', 'tie') and bf == 'win'
+      state = ('holds' if ok else '1 seed: spread unknown' if 'unknown' in (iou, bf)
+               else 'does not hold')
+      lines.append(f"- {name}'s alpha >= 0.5 keeps the IoU of `{seg_preseg['method']}` and "
+                   f'raises its boundary F (segmentation table): **{state}** '
+                   f'({iou_detail} ({iou}); {bf_detail} ({bf})).')
+  for trimap in sorted({r['trimap'] for r in alpha_rows or []}):
+    chosen = [r for r in alpha_rows if r['trimap'] == trimap]
+    agroups = stats.group_seeds(chosen, COLUMNS[1:])
+    _claim(lines, f'alphamatting.com ({trimap}): {name} with a prior from the trimap beats '
+           'closed-form matting with the same trimap', method and _group(agroups, method['method']),
+           _group(agroups, 'closed-form'), COLUMNS[1:])
   return lines
 
 
-def write_report(runs, rows, curves, samples_path, args, out_dir) -> str:
+def write_report(runs, rows, seg_rows, peers, alpha_rows, cutouts, curves, samples_path,
+                 args, out_dir) -> str:
+  """report.md in out_dir (atomically); returns its path."""
   by_stage = {s: [r for r in runs if r.config.stage == s] for s in ('preseg', 'matting')}
-  template = runs[0].config
+  template = _eval_config(_template_config(runs), args)
   lines = [
       '# bgmat: the method\'s comparisons', '',
       f'Built by `python -m bgmat.report {" ".join(args.argv)}` on '
-      f'{datetime.date.today().isoformat()} (jax {jax.__version__}, '
-      f'{jax.devices()[0].device_kind}).', '',
+      f'{datetime.date.today().isoformat()}; machine: {stats.machine_line()}; '
+      f'jax {jax.__version__} on {jax.devices()[0].device_kind}.', '',
+      'Runs (a variant with several runs: seeds): ' + '; '.join(
+          f'`{r.name}` ({r.label}, `{r.config.model.name}`, seed {r.config.get("seed", "?")}, '
+          f'{_last_step(r)} steps, batch {r.config.batch_size}, {r.config.image_size} px)'
+          for r in runs) + '.', '',
+      f'Pre-segmentation behind the matting rows and the baselines: '
+      f'{", ".join(sorted({"`%s`" % _name(matting_preseg(r, args)) for r in by_stage["matting"]}) or ["`%s`" % _name(args.preseg_dir)])}.', '',
+      'Seeds: rows of one method are seeds; **mean ± spread** rows give their mean and '
+      'spread = half the range ((max - min) / 2) over the seeds. A claim compares variant '
+      'means; a difference no larger than the sum of the two spreads is a **tie**, never a '
+      'win; with a single seed the spread is unknown and no win is counted. Baselines computed '
+      'once from the one pre-segmentation every matting run used (or from the ground truth) '
+      'have no seed noise (spread 0).', '']
+  if seg_rows is not None:
+    seg_groups = stats.group_seeds(seg_rows, SEG_COLUMNS)
+    lines += [f'## Segmentation ({seg_dataset(runs, args)}, {args.seg_split} split)', '',
+              'IoU and boundary F (DAVIS contour accuracy, `metrics.boundary_f`) of alpha >= 0.5 '
+              'against the data set\'s mask, on the photo region of each letterboxed example.', '',
+              *table(seg_rows, seg_groups, ('method', 'run', 'split'), SEG_COLUMNS)]
+    for peer in peers:
+      lines.append(f"| {peer['method']} (peer, {peer['source']}) | - | {peer['split'] or '?'} | "
+                   f"{peer['n'] if peer['n'] is not None else '?'} | {_fmt(peer['iou'])} | "
+                   f"{_fmt(peer['boundary_f'])} |")
+    mismatch = [p for p in peers if p['split'] and p['split'] != args.seg_split]
+    if mismatch:
+      lines += ['', '**Peer rows measured on another split:** ' + ', '.join(
+          f"{p['method']} ({p['split']})" for p in mismatch) + '; not comparable.']
+    lines.append('')
+  lines += [
+      f'## Matting ({template.dataset}, {args.split} split)', '',
       f'Data: `{template.dataset}`, {args.split} split'
       + (f' (first {args.max_examples} examples)' if args.max_examples else '') +
-      f', evaluated at {template.image_size} px. Metrics: DIM conventions '
-      '(`bgmat/metrics.py`: SAD/1000, MSE, Grad/1000, Conn/1000) on uint8-quantised mattes, '
-      'whole image and the unknown band of the ground-truth trimap '
+      f', evaluated at {template.image_size} px on the photo region of each letterboxed example. '
+      'Metrics: DIM conventions (`bgmat/metrics.py`: SAD/1000, MSE, Grad/1000, Conn/1000) on '
+      'uint8-quantised mattes, whole image and the unknown band of the ground-truth trimap '
       f'(radius {template.trimap_radius} px); IoU of alpha >= 0.5.', '',
-      'Runs: ' + '; '.join(
-          f'`{r.name}` ({r.label}, `{r.config.model.name}`, {_last_step(r)} steps, '
-          f'batch {r.config.batch_size})' for r in runs) + '.', '',
-      f'Pre-segmentation behind the matting rows and the baselines: `{args.preseg_name}`.', '',
-      '## Results', '', *results_table(rows), '',
-      '## The method\'s claims, checked', '', *verdicts(rows), '',
+      *results_table(rows), '',
       'Closed-form matting: Levin et al. 2008 via pymatting `estimate_alpha_cf` '
       '(`bgmat/baselines.py`, `configs/closed_form.py`); its pre-segmentation trimap is '
       'sure foreground where no pixel within the band has p < the upper threshold, sure '
-      'background where none has p > the lower one, unknown elsewhere.', '',
-      '## Training curves', '']
+      'background where none has p > the lower one, unknown elsewhere.', '']
+  if alpha_rows:
+    lines += ['## alphamatting.com (true soft alpha)', '',
+              f'{alpha_rows[0]["n"]} photos of `{args.alphamatting}`, '
+              + (f'downscaled to a long side of at most {args.alphamatting_max_side} px '
+                 '(image and alpha bilinear, trimap nearest)' if args.alphamatting_max_side
+                 else 'at full size') +
+              '. The matting stage gets the prior made from the trimap (foreground 1, '
+              'background 0, unknown 0.5, ' +
+              (f'Gaussian blur sigma {args.alphamatting_blur} px' if args.alphamatting_blur
+               else 'not blurred') + '); closed-form matting gets the same trimap. '
+              '"(unknown)": over the trimap\'s unknown region.', '']
+    for trimap in sorted({r['trimap'] for r in alpha_rows}):
+      chosen = [r for r in alpha_rows if r['trimap'] == trimap]
+      lines += [f'### {trimap}', '', *table(chosen, stats.group_seeds(chosen, COLUMNS[1:]),
+                                            ('method', 'trimap', 'run'), COLUMNS[1:]), '']
+  lines += ['## The method\'s claims, checked', '', *verdicts(rows, seg_rows, alpha_rows), '']
+  if cutouts:
+    lines += ['## Cut-outs of held-out photos', '',
+              'scikit-image\'s astronaut and matplotlib\'s Grace Hopper (never used for '
+              'training or tuning), `bgmat.Remover.from_workdir` (as `bgmat remove`); columns: '
+              'input, ' + ', '.join(f'`{label}`' for label, _ in args.cutout_runs) +
+              ', on a checkerboard.', '']
+    lines += [f'![{photo}]({os.path.basename(path)})' for photo, path in cutouts] + ['']
+  lines += ['## Training curves', '']
   for path in curves:
     lines.append(f'![{os.path.basename(path)}]({os.path.basename(path)})')
-  lines += ['', '## Sample test mattes', '', f'![samples]({os.path.basename(samples_path)})', '']
+  if samples_path:
+    lines += ['', '## Sample test mattes', '', f'![samples]({os.path.basename(samples_path)})', '']
+  else:
+    lines += ['', f'No pictures of `{template.dataset}` examples: real photos are research '
+              'data and stay out of the report.', '']
   if by_stage['matting'] and not by_stage['preseg']:
     lines.append('No preseg run was given: the original-vs-improved row is missing.')
   path = os.path.join(out_dir, 'report.md')
@@ -326,14 +506,14 @@ def _last_step(run: Run) -> int:
 
 
 def choose_preseg(runs: list[Run], given: str = '') -> str:
-  """Workdir of the stage-1 model for matting and baselines (see module doc)."""
+  """Workdir of the stage-1 model for the baselines (see module doc)."""
   if given:
     if not os.path.isdir(given):
       raise FileNotFoundError(f'--preseg {given}: no such directory')
     return os.path.abspath(given)
   for run in runs:
     if run.config.stage == 'matting':
-      path = train.resolve_preseg_workdir(run.config, run.workdir)
+      path = runs_lib.resolve_preseg_workdir(run.config, run.workdir)
       if os.path.isdir(path):
         return path
   improved = [r for r in runs if r.config.stage == 'preseg' and r.improved]
@@ -344,33 +524,93 @@ def choose_preseg(runs: list[Run], given: str = '') -> str:
   return fallback[0].workdir
 
 
-def main(argv=None) -> str:
+def _write_json(path: str, data) -> None:
+  with open(path + '.tmp', 'w', encoding='utf-8') as f:
+    json.dump(data, f, indent=1)
+  os.replace(path + '.tmp', path)
+
+
+def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--workdirs', nargs='+', required=True)
+  parser.add_argument('--workdirs', nargs='+', required=True,
+                      help='preseg and matting runs; runs of one variant are seeds')
   parser.add_argument('--out', required=True)
   parser.add_argument('--data_dir', default='', help='override the runs\' data_dir')
-  parser.add_argument('--split', default='test')
+  parser.add_argument('--split', default='test', help='matting table split')
   parser.add_argument('--max_examples', type=int, default=0, help='0: the whole split')
   parser.add_argument('--preseg', default='', help='stage-1 workdir for the matting rows '
-                      'and baselines (default: the matting runs\' preseg_workdir)')
+                      'and baselines (default: each matting run\'s preseg_workdir)')
   parser.add_argument('--cf_config', default='demo', help='configs/closed_form.py argument')
-  argv = sys.argv[1:] if argv is None else list(argv)
+  parser.add_argument('--seg_split', default='validation',
+                      help='segmentation table split; "none" skips the table')
+  parser.add_argument('--seg_dataset', default='', help='segmentation table data set '
+                      '(default: the preseg runs\', e.g. matting_sets/portraits_seg)')
+  parser.add_argument('--peer_table', nargs='*', default=[],
+                      help='peer segmentation results: .json or markdown (report_stats)')
+  parser.add_argument('--alphamatting', default='', help='alphamatting.com directory')
+  parser.add_argument('--alphamatting_trimaps', nargs='+', default=['trimap1'])
+  parser.add_argument('--alphamatting_max_side', type=int, default=400,
+                      help='downscale photos to this long side (0: full size)')
+  parser.add_argument('--alphamatting_blur', type=float, default=0.0,
+                      help='Gaussian sigma (px) of the prior made from the trimap')
+  parser.add_argument('--cutouts', action='store_true',
+                      help='cut-outs of the held-out astronaut and Grace Hopper')
+  parser.add_argument('--compare_workdir', default='',
+                      help='a second matting run for the cut-outs (e.g. the demo model)')
+  parser.add_argument('--no_data_pictures', action='store_true',
+                      help='no sample grid (always off for data sets that are not synthetic)')
   args = parser.parse_args(argv)
-  args.argv = argv
+  args.argv = list(argv)
+  return args
+
+
+def main(argv=None) -> str:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  args = parse_args(argv)
   runs = [Run(w) for w in args.workdirs]
-  runs.sort(key=lambda r: (r.config.stage != 'preseg', r.improved, r.label))
-  preseg_dir = choose_preseg(runs, args.preseg)
-  args.preseg_name = os.path.basename(preseg_dir.rstrip('/'))
-  preseg_prob = baselines.preseg_prob_fn(preseg_dir)
+  runs.sort(key=lambda r: (r.config.stage != 'preseg', r.improved, r.label, r.name))
+  args.preseg_dir = choose_preseg(runs, args.preseg)
+  args.preseg_name = _name(args.preseg_dir)
+  peers = [dict(p, source=os.path.basename(path)) for path in args.peer_table
+           for p in stats.read_peer_table(path)]
   out_dir = os.path.abspath(args.out)
   os.makedirs(out_dir, exist_ok=True)
-  rows = evaluate_rows(runs, preseg_prob, args)
+  seg_rows = None if args.seg_split == 'none' else segmentation_rows(runs, args)
+  rows = evaluate_rows(runs, args)
+  matting = [r for r in runs if r.config.stage == 'matting']
+  method_runs = ([r for r in matting if r.config.adv.weight > 0] or matting)
+  alpha_rows = None
+  if args.alphamatting:
+    if not matting:
+      raise ValueError('--alphamatting needs a matting run in --workdirs')
+    alpha_rows = report_extras.alphamatting_rows(
+        args.alphamatting, [(r.label, r.name, r.workdir) for r in matting],
+        trimaps=args.alphamatting_trimaps, max_side=args.alphamatting_max_side,
+        blur_sigma=args.alphamatting_blur,
+        cg_maxiter=closed_form_configs.get_config(args.cf_config).cg_maxiter)
+  cutouts = []
+  if args.cutouts:
+    if not matting:
+      raise ValueError('--cutouts needs a matting run in --workdirs')
+    args.cutout_runs = [(method_runs[0].name, method_runs[0].workdir)]
+    if args.compare_workdir:
+      args.cutout_runs.append((_name(args.compare_workdir), args.compare_workdir))
+    cutouts = report_extras.render_cutouts(args.cutout_runs, out_dir)
   curves = plot_curves(runs, out_dir)
-  samples = plot_samples(sample_columns(runs, preseg_prob, args), out_dir)
-  path = write_report(runs, rows, curves, samples, args, out_dir)
-  with open(os.path.join(out_dir, 'results.json.tmp'), 'w', encoding='utf-8') as f:
-    json.dump(rows, f, indent=1)
-  os.replace(os.path.join(out_dir, 'results.json.tmp'), os.path.join(out_dir, 'results.json'))
+  samples = None
+  dataset = _eval_config(_template_config(runs), args).dataset
+  if data_pictures_allowed(dataset, args.no_data_pictures):
+    samples = plot_samples(sample_columns(runs, args), out_dir)
+  path = write_report(runs, rows, seg_rows, peers, alpha_rows, cutouts, curves, samples,
+                      args, out_dir)
+  _write_json(os.path.join(out_dir, 'results.json'), rows)
+  _write_json(os.path.join(out_dir, 'summary.json'), dict(
+      command='python -m bgmat.report ' + ' '.join(argv), machine=stats.machine_line(),
+      jax=jax.__version__, date=datetime.date.today().isoformat(),
+      matting_groups=stats.group_seeds(rows, COLUMNS + ('boundary_f',)),
+      segmentation=seg_rows, segmentation_groups=stats.group_seeds(seg_rows or [], SEG_COLUMNS),
+      peers=peers, alphamatting=alpha_rows,
+      verdicts=verdicts(rows, seg_rows, alpha_rows)))
   print(f'wrote {path}')
   return path
 

@@ -2,12 +2,16 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
+from PIL import Image
 import pytest
 
 from bgmat import baselines
 from bgmat import report
+from bgmat import report_extras
+from bgmat import report_stats
 from bgmat import train
 import configs.matting as matting_configs
 import configs.preseg as preseg_configs
@@ -51,26 +55,165 @@ def test_closed_form_recovers_a_clean_matte_from_the_gt_trimap():
   assert np.abs(pred - alpha).max() < 0.1
 
 
+def _alphamatting_dir(root):
+  """2 photos, 32x32, alphamatting.com layout, soft alpha and two trimaps."""
+  rng = np.random.default_rng(0)
+  for sub in ('image', 'alpha', 'trimap1', 'trimap2'):
+    os.makedirs(root / sub)
+  yy, xx = np.mgrid[:32, :32]
+  for i, name in enumerate(('GT01.png', 'GT02.png')):
+    alpha = np.clip((xx - 12 - 4 * i) / 6.0, 0, 1)
+    fg, bg = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
+    image = alpha[..., None] * fg + (1 - alpha[..., None]) * bg
+    Image.fromarray(np.round(image * 255).astype(np.uint8)).save(root / 'image' / name)
+    Image.fromarray(np.round(alpha * 255).astype(np.uint8)).save(root / 'alpha' / name)
+    for sub, band in (('trimap1', 2), ('trimap2', 4)):
+      trimap = np.where(alpha >= 1, 255, np.where(alpha <= 0, 0, 128)).astype(np.uint8)
+      unknown = (xx >= 12 + 4 * i - band) & (xx <= 18 + 4 * i + band)
+      trimap[unknown] = 128
+      Image.fromarray(trimap).save(root / sub / name)
+  return root
+
+
 def test_report_from_tiny_runs(tiny_runs, tiny_data, tmp_path):
   out = tmp_path / 'report'
+  # A second seed of the matting variant (a copy: same numbers, spread 0).
+  shutil.copytree(tiny_runs / 'matting', tiny_runs / 'matting_s1', dirs_exist_ok=True)
+  peer = tmp_path / 'peer.json'
+  peer.write_text(json.dumps({'method': 'MediaPipe selfie', 'split': 'validation', 'n': 4,
+                              'iou': 0.5, 'boundary_f': 0.25}))
+  alphamatting = _alphamatting_dir(tmp_path / 'alphamatting')
   path = report.main(['--workdirs', *(str(tiny_runs / n) for n in
-                                      ('preseg', 'preseg_original', 'matting')),
+                                      ('preseg', 'preseg_original', 'matting', 'matting_s1')),
                       '--data_dir', tiny_data[1], '--max_examples', '4', '--cf_config', 'tiny',
+                      '--peer_table', str(peer), '--alphamatting', str(alphamatting),
+                      '--alphamatting_trimaps', 'trimap1', 'trimap2',
                       '--out', str(out)])
   text = open(path, encoding='utf-8').read()
   rows = json.loads((out / 'results.json').read_text())
+  summary = json.loads((out / 'summary.json').read_text())
   methods = [r['method'] for r in rows]
-  assert methods[:3] == ['DeepLabV3+ original', 'DeepLabV3+ improved',
+  assert methods[:4] == ['DeepLabV3+ original', 'DeepLabV3+ improved',
+                         'matting, adversarial (weight 0.05)',
                          'matting, adversarial (weight 0.05)']
-  assert methods[3] == 'pre-segmentation as alpha (automatic)'
-  assert [r['trimap'].split(' ')[0] for r in rows[4:]] == ['pre-segmentation', 'ground']
+  assert [r['run'] for r in rows[2:4]] == ['matting', 'matting_s1']
+  assert methods[4] == 'pre-segmentation as alpha (automatic)'
+  assert [r['trimap'].split(' ')[0] for r in rows[5:]] == ['pre-segmentation', 'ground']
   for row in rows:
     for key in report.COLUMNS:
       assert np.isfinite(row[key]), (row['method'], key)
     assert f"| {row['method']} |" in text
+    assert row['n'] == 4
+  # Seeds: one group of two runs, its mean is the mean of the rows.
+  group = next(g for g in summary['matting_groups'] if g['method'].startswith('matting'))
+  assert group['n'] == 2 and group['runs'] == ['matting', 'matting_s1']
+  assert group['sad'] == pytest.approx(np.mean([rows[2]['sad'], rows[3]['sad']]))
+  assert group['sad_spread'] == pytest.approx(abs(rows[2]['sad'] - rows[3]['sad']) / 2)
+  assert 'mean ± spread, 2 seeds' in text
+  # Segmentation table: every run, IoU and boundary F in [0, 1], the peer row.
+  seg = summary['segmentation']
+  assert [r['run'] for r in seg] == ['preseg_original', 'preseg', 'matting', 'matting_s1']
+  for row in seg:
+    assert 0 <= row['iou'] <= 1 and 0 <= row['boundary_f'] <= 1 and row['split'] == 'validation'
+  assert '| MediaPipe selfie (peer, peer.json) | - | validation | 4 | 0.5 | 0.25 |' in text
+  # alphamatting: both trimaps, the matting runs and closed-form, 2 photos each.
+  am = summary['alphamatting']
+  assert sorted({(r['trimap'], r['run']) for r in am}) == [
+      (t, r) for t in ('trimap1', 'trimap2') for r in ('-', 'matting', 'matting_s1')]
+  for row in am:
+    assert row['n'] == 2 and all(np.isfinite(row[k]) for k in report.COLUMNS[1:])
+  assert 'alphamatting.com (trimap2)' in text
   assert 'not tested (a run is missing)' in text  # no noadv run given
+  assert 'CPU' in text or 'cores (os.cpu_count)' in text
   for name in ('curves_preseg.png', 'curves_matting.png', 'samples.png'):
     assert os.path.getsize(out / name) > 1000
+
+
+def test_cutouts_of_the_held_out_photos(tiny_runs, tmp_path):
+  written = report_extras.render_cutouts(
+      [('tiny', str(tiny_runs / 'matting')), ('again', str(tiny_runs / 'matting'))],
+      str(tmp_path), height=64, log=lambda _: None)
+  assert [photo for photo, _ in written] == ['astronaut', 'grace_hopper']
+  for _, path in written:
+    picture = np.asarray(Image.open(path))
+    assert picture.shape[0] == 64 and picture.shape[2] == 3
+    # input + two cut-outs, 2 px gaps: three panels of the photo's width at 64 px.
+    assert picture.shape[1] > 3 * 40
+
+
+def test_no_pictures_of_real_data():
+  assert report.data_pictures_allowed('synthetic_portraits/tiny')
+  assert not report.data_pictures_allowed('synthetic_portraits/tiny', no_data_pictures=True)
+  for name in ('matting_sets/portraits_study', 'matting_sets/portraits_seg', 'anything/else'):
+    assert not report.data_pictures_allowed(name)
+
+
+def _group(method, values, deterministic=False):
+  rows = [dict(method=method, run=f'{method}_s{i}', deterministic=deterministic, sad=v, iou=1 - v)
+          for i, v in enumerate(values)]
+  return report_stats.group_seeds(rows, ('sad', 'iou'))[0]
+
+
+def test_seed_groups_mean_and_half_range():
+  group = _group('a', [1.0, 2.0, 4.0])
+  assert group['n'] == 3 and group['sad'] == pytest.approx(7 / 3)
+  assert group['sad_spread'] == pytest.approx(1.5)
+  assert _group('a', [1.0])['sad_spread'] is None
+  assert _group('a', [1.0], deterministic=True)['sad_spread'] == 0.0
+
+
+def test_verdict_is_a_tie_within_the_spread():
+  # means 1.0 ± 0.2 vs 1.3 ± 0.2: difference 0.3 <= 0.4 -> tie on both numbers.
+  better, worse = _group('new', [0.8, 1.2]), _group('old', [1.1, 1.5])
+  text, outcomes = report_stats.verdict(better, worse, ('sad', 'iou'))
+  assert [o for o, _ in outcomes] == ['tie', 'tie'] and text.startswith('tie')
+  # 1.0 ± 0.1 vs 1.3 ± 0.1: difference 0.3 > 0.2 -> a win (SAD down, IoU up).
+  better, worse = _group('new', [0.9, 1.1]), _group('old', [1.2, 1.4])
+  text, outcomes = report_stats.verdict(better, worse, ('sad', 'iou'))
+  assert [o for o, _ in outcomes] == ['win', 'win'] and text.startswith('holds')
+  text, outcomes = report_stats.verdict(worse, better, ('sad', 'iou'))
+  assert [o for o, _ in outcomes] == ['loss', 'loss'] and text.startswith('does not hold')
+  # One seed: never a win, whatever the gap.
+  text, _ = report_stats.verdict(_group('new', [0.1]), worse, ('sad',))
+  assert text.startswith('1 seed: spread unknown')
+  # A deterministic baseline has spread 0: the seeds' spread alone decides.
+  text, _ = report_stats.verdict(better, _group('cf', [1.05], deterministic=True), ('sad',))
+  assert text.startswith('tie')
+
+
+def test_peer_tables_json_and_markdown(tmp_path):
+  table = tmp_path / 'peer.md'
+  table.write_text('# MediaPipe\n\nLoad 3.1.\n\n| Method | split | n | IoU | Boundary F |\n'
+                   '|:---|---|--:|---|---|\n| mediapipe selfie | validation | 134 | 0.912 | '
+                   '0.55 |\n| other | validation | 134 | 0.8 | 0.4 |\n\ntrailing text\n')
+  rows = report_stats.read_peer_table(str(table))
+  assert rows == [dict(method='mediapipe selfie', split='validation', n=134, iou=0.912,
+                       boundary_f=0.55),
+                  dict(method='other', split='validation', n=134, iou=0.8, boundary_f=0.4)]
+  data = tmp_path / 'peer.json'
+  data.write_text(json.dumps([{'method': 'm', 'split': 'test', 'n': 3, 'iou': 0.9,
+                               'boundary_f': 0.5}]))
+  assert report_stats.read_peer_table(str(data))[0]['split'] == 'test'
+  data.write_text(json.dumps({'method': 'm', 'iou': 1.5, 'boundary_f': 0.5}))
+  with pytest.raises(ValueError, match='outside'):
+    report_stats.read_peer_table(str(data))
+  table.write_text('| a | b |\n|---|---|\n| 1 | 2 |\n')
+  with pytest.raises(ValueError, match='no markdown table'):
+    report_stats.read_peer_table(str(table))
+
+
+def test_alphamatting_loader_downscales_with_a_nearest_trimap(tmp_path):
+  root = _alphamatting_dir(tmp_path / 'am')
+  items = list(report_extras.load_alphamatting(str(root), 'trimap1', max_side=16))
+  assert [name for name, *_ in items] == ['GT01', 'GT02']
+  for _, image, alpha, trimap in items:
+    assert image.shape == (16, 16, 3) and alpha.shape == (16, 16)
+    assert set(np.unique(trimap)) <= {0.0, 0.5, 1.0}
+  prior = report_extras.prior_from_trimap(items[0][3])
+  assert set(np.unique(prior)) <= {0.0, 0.5, 1.0}
+  os.remove(root / 'alpha' / 'GT02.png')
+  with pytest.raises(ValueError, match='GT02.png'):
+    list(report_extras.load_alphamatting(str(root), 'trimap1'))
 
 
 def test_report_rejects_a_directory_that_is_not_a_run(tmp_path):
