@@ -50,7 +50,7 @@ def get_config(arg: str = 'demo'):
     config.model = dict(name='generator_small', kwargs=dict(residual_prior=True))
     config.image_size = 256
     config.batch_size = 8
-    config.num_train_steps = 600
+    config.num_train_steps = 400
     config.opt.lr = 1e-3
     config.opt.warmup_steps = 50
     config.disc_opt.lr = 2e-4
