@@ -89,6 +89,8 @@ def main(argv=None) -> None:
   parser.add_argument('--stages', default=','.join(STAGES),
                       help=f'comma-separated subset of {STAGES}')
   parser.add_argument('--workers', type=int, default=2, help='data build processes')
+  parser.add_argument('--compare_workdir', default='',
+                      help='another matting run (e.g. the demo model) for the cut-outs')
   parser.add_argument('--mediapipe_python', default='',
                       help='python of a venv with mediapipe==0.10.21 (bench/peer_mediapipe.py)')
   args = parser.parse_args(argv)
@@ -106,9 +108,18 @@ def main(argv=None) -> None:
   preseg = train_runs(args, data_dir, 'preseg')
   matting = train_runs(args, data_dir, 'matting')
   if 'report' in args.stages:
-    command = [sys.executable, '-m', 'bgmat.report', '--workdirs', *preseg, *matting,
+    done = [w for w in preseg + matting if _finished(w)]
+    command = [sys.executable, '-m', 'bgmat.report', '--workdirs', *done,
                '--data_dir', data_dir, '--cf_config', 'study',
-               '--out', os.path.join(args.study, 'report')]
+               '--seg_dataset', 'matting_sets/portraits_seg', '--seg_split', 'validation',
+               '--cutouts', '--out', os.path.join(args.study, 'report')]
+    if args.compare_workdir:
+      command += ['--compare_workdir', args.compare_workdir]
+    peers = [os.path.join(args.study, 'peer', f'mediapipe_{split}.json')
+             for split in ('validation',)]
+    peers = [p for p in peers if os.path.exists(p)]
+    if peers:
+      command += ['--peer_table', *peers]
     alphamatting = os.path.join(args.data, 'alphamatting')
     if os.path.isdir(alphamatting):
       command += ['--alphamatting', alphamatting]
