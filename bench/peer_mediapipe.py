@@ -225,7 +225,9 @@ def _table(rows: list[dict], args, info: dict) -> str:
       f'trimap_radius={args.trimap_radius})` alpha cropped to the photo region; MediaPipe\'s '
       'confidence (made at the record\'s own size) resized bilinearly to that region; '
       'uint8-quantised; IoU and boundary F (DAVIS F, bound_th 0.008) of alpha >= 0.5; '
-      'SAD (/1000) and MSE over the whole region. Mean over the split (std in brackets).', '',
+      'SAD (/1000) and MSE over the whole region. Mean over the split (std in brackets). '
+      'ms / image: the mean `process` call, measured under the load average above (a '
+      'shared machine), so a rough figure, not a speed claim.', '',
       '| model_selection | n | IoU | boundary F | SAD | MSE | ms / image |',
       '|---|---|---|---|---|---|---|',
   ]
