@@ -212,6 +212,15 @@ def score(args) -> None:
       f.write(table)
   _atomic_write(out, write)
   print(f'wrote {out}')
+  # The same rows for `bgmat.report --peer_table` (its JSON format).
+  peers = [dict(method=f'MediaPipe selfie segmenter, model {row["model"]} '
+                       f'{MODELS[row["model"]]}', split=args.split, n=row['n'],
+                iou=row['iou'], boundary_f=row['boundary_f']) for row in rows]
+
+  def write_json(tmp):
+    with open(tmp, 'w') as f:
+      json.dump(peers, f, indent=1)
+  _atomic_write(os.path.splitext(out)[0] + '.json', write_json)
 
 
 def _table(rows: list[dict], args, info: dict) -> str:

@@ -80,6 +80,22 @@ def train_runs(args, data_dir: str, stage: str) -> list[str]:
   return workdirs
 
 
+def run_peer(args, data_dir: str) -> None:
+  """MediaPipe's selfie segmenter on the segmentation validation split
+  (bench/peer_mediapipe.py; mediapipe lives in its own venv)."""
+  work = os.path.abspath(os.path.join(args.study, 'peer'))
+  out = os.path.join(work, 'mediapipe_validation.md')
+  if os.path.exists(os.path.splitext(out)[0] + '.json'):
+    return
+  common = ['--dataset', 'matting_sets/portraits_seg', '--data_dir', data_dir,
+            '--split', 'validation', '--work_dir', os.path.join(work, 'mp')]
+  script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'bench',
+                        'peer_mediapipe.py')
+  _run([sys.executable, script, 'dump', *common])
+  _run([args.mediapipe_python, script, 'segment', *common])
+  _run([sys.executable, script, 'score', *common, '--out', out])
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
   parser.add_argument('--data', required=True, help='folder with portraits/, backgrounds/, '
@@ -105,6 +121,8 @@ def main(argv=None) -> None:
   data_dir = os.path.abspath(os.path.join(args.study, 'data'))
   if 'data' in args.stages:
     build_data(args, data_dir)
+  if 'peer' in args.stages and args.mediapipe_python:
+    run_peer(args, data_dir)
   preseg = train_runs(args, data_dir, 'preseg')
   matting = train_runs(args, data_dir, 'matting')
   if 'report' in args.stages:
@@ -115,8 +133,7 @@ def main(argv=None) -> None:
                '--cutouts', '--out', os.path.join(args.study, 'report')]
     if args.compare_workdir:
       command += ['--compare_workdir', args.compare_workdir]
-    peers = [os.path.join(args.study, 'peer', f'mediapipe_{split}.json')
-             for split in ('validation',)]
+    peers = [os.path.join(args.study, 'peer', 'mediapipe_validation.json')]
     peers = [p for p in peers if os.path.exists(p)]
     if peers:
       command += ['--peer_table', *peers]
