@@ -37,8 +37,11 @@ test: install-test
 DATA ?= ../shared/data
 STUDY ?= runs/study
 SEEDS ?= 0 1
+# Optional: the python of a venv with bench/requirements-mediapipe.txt (the peer).
+MEDIAPIPE_PYTHON ?=
 study: install
-	$(PY) -m bgmat.study --data $(DATA) --study $(STUDY) --seeds $(SEEDS)
+	$(PY) -m bgmat.study --data $(DATA) --study $(STUDY) --seeds $(SEEDS) \
+	    $(if $(MEDIAPIPE_PYTHON),--mediapipe_python $(MEDIAPIPE_PYTHON))
 
 clean:
 	rm -rf demo_out .pytest_cache
