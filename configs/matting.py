@@ -48,6 +48,9 @@ def get_config(arg: str = 'demo'):
     config.dataset = 'matting_sets/portraits_study'
     config.preseg_workdir = 'preseg_improved_s0'
     config.model = dict(name='generator_small', kwargs=dict(residual_prior=True))
+    # No instance norm: it divides out the edge contrast that tells a sharp
+    # matte from a blurred one (see models/discriminator.py).
+    config.disc = dict(name='patchgan_tiny', kwargs=dict(norm='none'))
     config.image_size = 256
     config.batch_size = 8
     config.num_train_steps = 400
