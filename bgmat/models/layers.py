@@ -27,6 +27,16 @@ Depthwise convolution has two implementations with the same parameters:
 `depthwise_impl='auto'` picks 'shifted' on the CPU backend and 'grouped'
 elsewhere. 1x1 convolutions are a `dot_general` over the channel axis on every
 backend.
+
+Dense k x k convolution (`conv2d`) likewise has two implementations with the
+same parameters: 'lax' (`lax.conv_general_dilated` forward and backward) and
+'shifted', whose forward and input gradient are still XLA's convolution but
+whose kernel gradient is k*k matrix products, one per tap, of the shifted
+input and the output gradient over the N*H*W positions. XLA:CPU computes the
+kernel gradient of some convolutions (stride-1 4x4, as in the PatchGAN) on a
+generic path about 100x below its matmul speed
+(`bench/xla_cpu_conv_kernel_grad_repro.py`). `conv_impl='auto'` picks
+'shifted' on the CPU backend and 'lax' elsewhere.
 """
 from __future__ import annotations
 
@@ -62,6 +72,101 @@ def resolve_depthwise_impl(impl: str) -> str:
   if impl == 'auto':
     return 'shifted' if jax.default_backend() == 'cpu' else 'grouped'
   return impl
+
+
+# ---------------------------------------------------------------------------
+# Dense convolution.
+
+CONV_IMPLS = ('auto', 'shifted', 'lax')
+Padding2D = tuple[tuple[int, int], tuple[int, int]]
+
+
+def resolve_conv_impl(impl: str) -> str:
+  if impl not in CONV_IMPLS:
+    raise ValueError(f'conv_impl must be one of {CONV_IMPLS}, got {impl!r}')
+  if impl == 'auto':
+    return 'shifted' if jax.default_backend() == 'cpu' else 'lax'
+  return impl
+
+
+def conv2d_lax(x, kernel, stride: int, padding: Padding2D):
+  """x (N, H, W, C_in), kernel (kh, kw, C_in, C_out) -> (N, h, w, C_out)."""
+  return lax.conv_general_dilated(
+      x, kernel, window_strides=(stride, stride), padding=padding,
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def conv2d_kernel_grad_shifted(x, g, kernel_shape, stride: int, padding: Padding2D):
+  """d(sum g * conv2d(x, k)) / dk as one matrix product per kernel tap.
+
+  dk[i, j] = sum over n, oh, ow of xp[n, i + s*oh, j + s*ow, :]^T g[n, oh, ow, :]
+  with xp the zero-padded x: a (C_in, M) x (M, C_out) product, M = N*h*w,
+  accumulated in float32. Returns float32 (kh, kw, C_in, C_out).
+  """
+  kh, kw = kernel_shape[0], kernel_shape[1]
+  n, _, _, c = x.shape
+  _, out_h, out_w, _ = g.shape
+  (pt, pb), (pl, pr) = padding
+  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  g2 = g.reshape(-1, g.shape[-1])
+  rows = []
+  for i in range(kh):
+    row = []
+    for j in range(kw):
+      sl = lax.slice(xp, (0, i, j, 0),
+                     (n, i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, c),
+                     (1, stride, stride, 1))
+      row.append(lax.dot_general(sl.reshape(-1, c), g2, (((0,), (0,)), ((), ())),
+                                 preferred_element_type=jnp.float32))
+    rows.append(jnp.stack(row))
+  return jnp.stack(rows)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv2d_shifted(x, kernel, stride: int, padding: Padding2D):
+  """`conv2d_lax` whose kernel gradient is `conv2d_kernel_grad_shifted`."""
+  return conv2d_lax(x, kernel, stride, padding)
+
+
+def _conv2d_shifted_fwd(x, kernel, stride, padding):
+  return conv2d_lax(x, kernel, stride, padding), (x, kernel)
+
+
+def _conv2d_shifted_bwd(stride, padding, res, g):
+  x, kernel = res
+  g = g.astype(x.dtype)
+  _, input_vjp = jax.vjp(lambda x: conv2d_lax(x, kernel, stride, padding), x)
+  dx, = input_vjp(g)
+  dk = conv2d_kernel_grad_shifted(x, g, kernel.shape, stride, padding)
+  return dx, dk.astype(kernel.dtype)
+
+
+conv2d_shifted.defvjp(_conv2d_shifted_fwd, _conv2d_shifted_bwd)
+
+
+def conv2d(x, kernel, *, stride: int = 1, padding: int | Padding2D = 0, impl: str = 'auto'):
+  """Dense NHWC / HWIO convolution, no dilation, explicit zero padding.
+
+  Args:
+    x: (N, H, W, C_in) float.
+    kernel: (kh, kw, C_in, C_out), same dtype as x.
+    stride: spatial stride (both axes).
+    padding: an int (same on every side) or ((top, bottom), (left, right)).
+    impl: 'auto', 'shifted' or 'lax' (module docstring); every impl gives the
+      same values up to float rounding.
+
+  Returns:
+    (N, (H + top + bottom - kh) // stride + 1, (W + ...) // stride + 1, C_out).
+
+  Raises:
+    ValueError: unknown impl.
+  """
+  if isinstance(padding, int):
+    padding = ((padding, padding), (padding, padding))
+  padding = tuple(tuple(int(p) for p in side) for side in padding)
+  if resolve_conv_impl(impl) == 'lax':
+    return conv2d_lax(x, kernel, stride, padding)
+  return conv2d_shifted(x, kernel, stride, padding)
 
 
 # ---------------------------------------------------------------------------

@@ -6,15 +6,18 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
+import optax
 import pytest
+from scipy import ndimage
 
+from bgmat import losses
 from bgmat.models import discriminator
 
 # Exact parameter counts, computed once with jax.eval_shape and cross-checked
 # against `_expected_params` below.
 PARAM_COUNTS = {
-    'patchgan_ms': 8_294_595,
-    'patchgan_tiny': 22_546,
+    'patchgan_ms': 8_297_283,
+    'patchgan_tiny': 22_642,
 }
 # (num_scales, base_channels, n_layers) of each preset.
 PRESET_ARGS = {
@@ -50,7 +53,7 @@ def _count(tree):
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
-def _expected_params(num_scales, base, n_layers, norm='instance',
+def _expected_params(num_scales, base, n_layers, norm='none',
                      max_channels=512, in_channels=4):
   """Parameter count written out layer by layer, independent of the model."""
   total = 16 * in_channels * base + base  # first conv, with bias
@@ -84,10 +87,10 @@ def test_param_count(name):
   variables = jax.eval_shape(functools.partial(_init, model))
   assert _count(variables['params']) == PARAM_COUNTS[name]
   assert _count(variables['params']) == _expected_params(*PRESET_ARGS[name])
-  assert 'batch_stats' not in variables  # instance norm keeps no state
+  assert 'batch_stats' not in variables  # no norm, no state
 
 
-@pytest.mark.parametrize('norm', ['batch', 'none'])
+@pytest.mark.parametrize('norm', ['batch', 'instance'])
 def test_param_count_other_norms(norm):
   model = discriminator.patchgan_tiny(norm=norm)
   variables = jax.eval_shape(functools.partial(_init, model))
@@ -221,3 +224,72 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   outputs, _ = _apply(model, variables, *_inputs(2, 32, 32), train=False)
   assert all(logits.dtype == jnp.float32 for logits, _ in outputs)
   assert all(f.dtype == jnp.bfloat16 for _, feats in outputs for f in feats)
+
+
+def _soft_mattes(rng, batch, size):
+  """(image, alpha): blobs with soft ~1.5 px edges composited fg over bg.
+
+  alpha = clip(2 * f + 0.5) of a smooth unit-variance random field f, so the
+  mattes have many edges; the image is a noisy two-colour composite of it.
+  """
+  field = ndimage.gaussian_filter(rng.standard_normal((batch, size, size)),
+                                  (0, 3, 3))
+  field /= field.std(axis=(1, 2), keepdims=True)
+  alpha = np.clip(2.0 * field + 0.5, 0.0, 1.0)[..., None]
+  fg, bg = rng.random((2, batch, 1, 1, 3))
+  noise = 0.05 * rng.standard_normal((batch, size, size, 3))
+  image = np.clip(alpha * fg + (1.0 - alpha) * bg + noise, 0.0, 1.0)
+  return image.astype(np.float32), alpha.astype(np.float32)
+
+
+def _blurred(alpha, sigma=2.0):
+  return ndimage.gaussian_filter(alpha, (0, sigma, sigma, 0))
+
+
+def _train_to_tell_blur(model, steps=50, batch=8, size=32, seed=0):
+  """Trains D (LSGAN, Adam lr 2e-3 b1 0.5) on fresh real vs blurred mattes;
+  returns per scale (held-out D loss, mean real - mean fake output)."""
+  rng = np.random.default_rng(seed)
+  variables = _init(model, size, size)
+  tx = optax.adam(2e-3, b1=0.5)
+
+  @jax.jit
+  def step(params, opt_state, image, real, fake):
+    def loss_fn(params):
+      real_out = model.apply({'params': params}, image, real, train=True)
+      fake_out = model.apply({'params': params}, image, fake, train=True)
+      return losses.adversarial_d_loss([o[0] for o in real_out],
+                                       [o[0] for o in fake_out])
+    grads = jax.grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  params = variables['params']
+  opt_state = tx.init(params)
+  for _ in range(steps):
+    image, alpha = _soft_mattes(rng, batch, size)
+    params, opt_state = step(params, opt_state, image, alpha, _blurred(alpha))
+  image, alpha = _soft_mattes(np.random.default_rng(seed + 1), 16, size)
+  apply = jax.jit(functools.partial(model.apply, train=False))
+  real_out = apply({'params': params}, image, alpha)
+  fake_out = apply({'params': params}, image, _blurred(alpha))
+  return [(float(losses.adversarial_d_loss([r], [f])),
+           float(jnp.mean(r) - jnp.mean(f)))
+          for (r, _), (f, _) in zip(real_out, fake_out)]
+
+
+def test_learns_to_tell_real_from_blurred():
+  """The adversarial loss only means something if D can see a blurred matte.
+
+  LSGAN D loss 0.5 * ((D(real) - 1)^2 + D(fake)^2): any constant output c
+  scores at least 0.25 (at c = 0.5), so a held-out loss at or above 0.25 is
+  chance. Required at every scale after 50 steps: a held-out loss below that
+  chance level, and real outputs above fake ones by a tenth of the target gap
+  of 1. Measured (seeds 0-2): default 'none' loss 0.165-0.212, gap
+  0.158-0.245; the previous default, instance norm without scale / bias,
+  0.261-0.283 and at most 0.015 (with a learnable scale / bias the same).
+  """
+  results = _train_to_tell_blur(discriminator.patchgan_tiny())
+  for scale, (loss, gap) in enumerate(results):
+    assert loss < 0.25, (scale, results)
+    assert gap > 0.1, (scale, results)
