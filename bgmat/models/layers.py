@@ -242,7 +242,7 @@ def _dw_shifted_bwd(stride, dilation, padding, res, g):
           xp, (0, i * dilation, j * dilation, 0),
           (n, i * dilation + (out_h - 1) * stride + 1, j * dilation + (out_w - 1) * stride + 1, c),
           (1, stride, stride, 1))
-      row.append(jnp.sum((sl * g).astype(jnp.float32), axis=(0, 1, 2)))
+      row.append(jnp.sum((sl * g).astype(jnp.promote_types(sl.dtype, jnp.float32)), axis=(0, 1, 2)))
     taps.append(jnp.stack(row))
   dk = jnp.stack(taps)[:, :, None, :]
   return dx, dk.astype(kernel.dtype)
