@@ -129,6 +129,11 @@ def _multilevel(image: np.ndarray, alpha: np.ndarray, **kwargs) -> np.ndarray:
     raise ImportError(
         "method='multilevel' needs pymatting: pip install 'bgmat[matting]' "
         "(or pymatting>=1.1.12); method='blur_fusion' needs nothing extra") from e
+  if max(alpha.shape) < 2:
+    # pymatting's level count is ceil(log2(long side)): 0 for one pixel, and it
+    # divides by it. With no neighbours the estimate is F = I, what its
+    # coarsest level (and blur fusion) gives for a constant image.
+    return np.clip(image, 0.0, 1.0).astype(np.float32)
   fg = estimate_foreground_ml(image.astype(np.float64), alpha.astype(np.float64), **kwargs)
   return np.clip(fg, 0.0, 1.0).astype(np.float32)
 
