@@ -19,8 +19,10 @@ a progress bar.
 """
 
 import collections
+import contextlib
 import functools
 import json
+import logging
 import os
 from typing import Any, Sequence
 import warnings
@@ -46,6 +48,26 @@ def load_image(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
   """Reads a photo as (H, W, 3) uint8 RGB, upright per its EXIF orientation
   (`image_io.read_photo`); raises InputError naming the file."""
   return image_io.read_photo(path, max_pixels).rgb
+
+
+class _UnrestoredItemFilter(logging.Filter):
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return 'was found in the checkpoint, but could not be restored' not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_unrestored_items():
+  """Drops orbax's warnings about checkpoint items left unread on purpose."""
+  loggers = [logging.getLogger('absl')]
+  log_filter = _UnrestoredItemFilter()
+  for logger in loggers:
+    logger.addFilter(log_filter)
+  try:
+    yield
+  finally:
+    for logger in loggers:
+      logger.removeFilter(log_filter)
 
 
 class Remover:
@@ -131,7 +153,10 @@ class Remover:
       config = ml_collections.ConfigDict(json.load(f))
     if config.stage != 'matting':
       raise ValueError(f'{workdir} is a {config.stage!r} run; pass the matting run\'s workdir')
-    state = checkpointing.restore_state_only(workdir)
+    # The run's checkpoints also hold the training input's iterator ('data'),
+    # which removal does not need; orbax warns about it four times per load.
+    with _quiet_unrestored_items():
+      state = checkpointing.restore_state_only(workdir)
     params = state['ema_params'] if config.eval_ema else state['params']
     matting_vars = {'params': params, 'batch_stats': state['batch_stats']}
     preseg_model, preseg_vars = train.load_frozen_preseg(
@@ -193,7 +218,7 @@ class Remover:
     # Jobs: (photo index, bucket, image crop (h, w, 3) uint8, prior crop (h, w), where).
     jobs, sums = [], {}
     for index, (image, prior) in enumerate(zip(images, priors)):
-      p = resolution.plan(*image.shape[:2], self.buckets, self.max_side)
+      p = resolution.plan(*image.shape[:2], self.buckets, self.max_side, self.tile_overlap)
       if p.size != image.shape[:2]:
         image = np.asarray(Image.fromarray(image).resize(p.size[::-1], Image.BILINEAR))
       prior = resolution.resize(prior, p.size)
@@ -201,7 +226,8 @@ class Remover:
         jobs.append((index, p.bucket, image, prior, None))
         continue
       sums[index] = (np.zeros(p.size, np.float32), np.zeros(p.size, np.float32))
-      for rows, cols, weights in resolution.tiles(*p.size, p.tile, self.tile_overlap):
+      overlap = self.tile_overlap if p.overlap is None else p.overlap
+      for rows, cols, weights in resolution.tiles(*p.size, p.tile, overlap):
         jobs.append((index, p.tile, image[rows, cols], prior[rows, cols], (rows, cols, weights)))
     alphas = {}
     by_bucket = collections.defaultdict(list)

@@ -1,5 +1,6 @@
 """`bgmat remove` and `bgmat.remove`: sizes, alpha range, bad inputs."""
 
+import logging
 import os
 
 import numpy as np
@@ -99,6 +100,13 @@ def test_decompression_bomb_is_refused(tmp_path):
   path = _photo(tmp_path / 'big.png', (200, 200))
   with pytest.raises(remover_lib.InputError, match='big.png'):
     remover_lib.load_image(path, max_pixels=1000)
+
+
+def test_loading_a_run_logs_no_warnings_about_unread_items(matting_workdir, caplog):
+  """Issue 14, kind 8: every CLI run printed four absl warnings about 'data'."""
+  with caplog.at_level(logging.WARNING):
+    bgmat.Remover.from_workdir(matting_workdir, buckets=SMALL)
+  assert not [r for r in caplog.records if 'could not be restored' in r.getMessage()]
 
 
 def test_wrong_workdir_is_a_clear_error(tmp_path):
