@@ -13,7 +13,7 @@ def test_blur_fusion_shapes_are_bounded_over_random_sizes():
   """Every photo up to the largest bucket pads to one of at most 30 bucket shapes
   (long side >= 256) or 8 x 8 small shapes: a folder of random sizes compiles
   at most 94 blur-fusion shapes (the former ladder: one per 4 steps an octave
-  on each side, 21 x 21 = 441 up to 2048)."""
+  on each side, 20 x 20 = 400 up to 2048)."""
   rng = np.random.default_rng(0)
   sizes = rng.integers(1, 2049, size=(5000, 2))
   shapes = {foreground.padded_shape(int(h), int(w)) for h, w in sizes}
