@@ -315,6 +315,8 @@ class Remover:
              keep_transparency: bool = False) -> np.ndarray:
     """One output of FORMATS as uint8: rgba (H, W, 4), alpha (H, W), foreground or composite
     (H, W, 3). `bg` (composite only): a colour name / '#rrggbb', an RGB tuple, or an image."""
+    if format not in FORMATS:  # Before the model runs.
+      raise ValueError(f'Unknown format {format!r}; known: {list(FORMATS)}')
     photo = self.read(image)
     return render(photo.rgb, self._alpha(photo, keep_transparency), format, bg=bg,
                   foreground_method=foreground_method)
