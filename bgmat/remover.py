@@ -153,14 +153,14 @@ class Remover:
       config = ml_collections.ConfigDict(json.load(f))
     if config.stage != 'matting':
       raise ValueError(f'{workdir} is a {config.stage!r} run; pass the matting run\'s workdir')
-    # The run's checkpoints also hold the training input's iterator ('data'),
-    # which removal does not need; orbax warns about it four times per load.
+    # Both runs' checkpoints also hold the training input's iterator ('data'),
+    # which removal does not need; orbax warns about it at every load.
     with _quiet_unrestored_items():
       state = checkpointing.restore_state_only(workdir)
+      preseg_model, preseg_vars = train.load_frozen_preseg(
+          train.resolve_preseg_workdir(config, workdir))
     params = state['ema_params'] if config.eval_ema else state['params']
     matting_vars = {'params': params, 'batch_stats': state['batch_stats']}
-    preseg_model, preseg_vars = train.load_frozen_preseg(
-        train.resolve_preseg_workdir(config, workdir))
     return cls(train.build_model(config.model), matting_vars, preseg_model, preseg_vars,
                working_size or config.image_size, **kwargs)
 
