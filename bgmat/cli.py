@@ -5,6 +5,7 @@
       [--foreground-method blur_fusion|multilevel|none] [--recursive]
       [--skip-existing | --overwrite] [--save-alpha] [--size N]
       [--batch-size N] [--max-side N] [--bucket-sides 256,512,...] [--quiet]
+      [--max-pixels N] [--keep-transparency]
   bgmat export --workdir RUNS/matting --out FILE [--platforms cpu,cuda] [--size N]
       [--bucket-sides 256,512,...]
   bgmat demo [--out DIR]
@@ -12,7 +13,10 @@
 Formats: rgba (PNG, default), alpha (greyscale PNG), foreground (RGB PNG of
 the estimated foreground colours), composite (JPEG over --bg: a colour such as
 white or '#00ff00', or a photo, resized to cover). Outputs are OUTDIR/<name>;
-images found in a folder keep their path relative to that folder.
+images found in a folder keep their path relative to that folder; `-o NAME.png`
+with one input writes that file; `-` reads a photo from stdin. An output never
+replaces an input or a file bgmat did not write (it gets the next free name
+<name>-2, ...); folders skip bgmat's own outputs and non-images, and say so.
 
 Resolution: the pre-segmentation runs at the working size (--size, default
 the training size); the matting at the photo's own size (at most --max-side),
@@ -22,6 +26,7 @@ overlapping tiles. --batch-size photos of one bucket run together.
 """
 
 import argparse
+import collections
 import sys
 
 
@@ -35,7 +40,16 @@ def _remove(args) -> int:
       return 2
   else:
     bg = args.bg
-  options = dict(buckets=_buckets(args.bucket_sides), max_side=args.max_side)
+  if args.inputs.count('-') > 1:
+    print('error: - (stdin) can be given once', file=sys.stderr)
+    return 2
+  try:  # The output location is checked before the model loads.
+    remove.prepare_output(args.output, args.inputs, args.format)
+  except remove.OutputError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  options = dict(buckets=_buckets(args.bucket_sides), max_side=args.max_side,
+                 max_pixels=args.max_pixels or remove.MAX_PIXELS)
   if args.model:
     remover = remove.Remover.from_export(args.model, **options)
   else:
@@ -45,10 +59,16 @@ def _remove(args) -> int:
       foreground_method=args.foreground_method, recursive=args.recursive,
       skip_existing=args.skip_existing, save_alpha=args.save_alpha,
       batch_size=args.batch_size, workers=args.workers,
+      keep_transparency=args.keep_transparency, max_pixels=args.max_pixels or remove.MAX_PIXELS,
       progress=False if args.quiet else None, log_written=not args.quiet)
   skipped = f', {len(summary.skipped)} skipped (exist)' if summary.skipped else ''
+  ignored = ''
+  if summary.ignored:
+    reasons = collections.Counter(why for _, why in summary.ignored)
+    ignored = ', {} not taken ({})'.format(
+        len(summary.ignored), '; '.join(f'{n} {why}' for why, n in reasons.most_common()))
   print(f'{len(summary.written)} written to {args.output}{skipped}, '
-        f'{len(summary.failures)} failed')
+        f'{len(summary.failures)} failed{ignored}')
   for path, error in summary.failures:
     print(f'  failed: {path}: {error}', file=sys.stderr)
   return 1 if summary.failures else 0
@@ -105,8 +125,10 @@ def main(argv=None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest='command', required=True)
   p = sub.add_parser('remove', help='Cut the background out of photos.')
-  p.add_argument('inputs', nargs='+', help='Image files, folders or glob patterns.')
-  p.add_argument('-o', '--output', required=True, help='Output directory.')
+  p.add_argument('inputs', nargs='+',
+                 help='Image files, folders or glob patterns; - reads one photo from stdin.')
+  p.add_argument('-o', '--output', required=True,
+                 help='Output folder, or a file name (.png, .jpg) for one input.')
   model = p.add_mutually_exclusive_group(required=True)
   model.add_argument('--workdir', help='A trained matting run.')
   model.add_argument('--model', help='A `bgmat export` file.')
@@ -134,6 +156,12 @@ def main(argv=None) -> int:
                  help='Long sides of the matting shape buckets (default '
                  '256,512,768,1024,1536,2048; larger photos are tiled).')
   p.add_argument('--workers', type=_positive, default=2, help='Decoding threads.')
+  p.add_argument('--max-pixels', '--max_pixels', type=_positive, default=None,
+                 help='Photos with more pixels are refused as possible decompression '
+                 'bombs (default 100000000).')
+  p.add_argument('--keep-transparency', action='store_true',
+                 help="An input's own alpha (RGBA, LA, transparent GIF/PNG) bounds the "
+                 'matte: transparent pixels stay transparent.')
   p.add_argument('-q', '--quiet', action='store_true',
                  help='No progress bar and no per-photo lines (errors still shown).')
   p.set_defaults(fn=_remove)

@@ -114,6 +114,63 @@ def padded_side(side: int) -> int:
   return -(-side // step) * step
 
 
+# Above this side blur fusion runs in TILE x TILE tiles (plus a halo), so the
+# peak memory of a large photo is that of a tile; the result is the same.
+TILE = 2048
+# Compiled blur-fusion shapes kept; past this the cache is emptied, so memory
+# stays bounded over any mix of photo sizes.
+MAX_COMPILED = 48
+
+
+def padded_shape(height: int, width: int) -> tuple[int, int]:
+  """The shape blur fusion pads a height x width image to: the default matting
+  bucket (30 shapes, `bgmat.resolution`) for long sides 256..2048, else each
+  side by `padded_side`, so a folder of any mix of sizes compiles a bounded
+  number of shapes."""
+  if 256 <= max(height, width) <= TILE:
+    from bgmat import resolution  # pylint: disable=g-import-not-at-top
+    shape = resolution.Buckets().fit(height, width)
+    if shape is not None:
+      return shape
+  return padded_side(height), padded_side(width)
+
+
+def _blur_fusion_padded(image: np.ndarray, alpha: np.ndarray, radii: tuple[int, ...],
+                        shape: tuple[int, int]) -> np.ndarray:
+  """Blur fusion of (h, w) inside an array padded to `shape` (valid masks keep the
+  result that of the unpadded image)."""
+  height, width = alpha.shape
+  pad = ((0, shape[0] - height), (0, shape[1] - width))
+  row_valid = (np.arange(shape[0]) < height).astype(np.float32)
+  col_valid = (np.arange(shape[1]) < width).astype(np.float32)
+  cache_size = getattr(blur_fusion, '_cache_size', None)
+  if cache_size is not None and cache_size() > MAX_COMPILED:
+    blur_fusion.clear_cache()
+  fg = blur_fusion(np.pad(image, pad + ((0, 0),)), np.pad(alpha, pad), radii=radii,
+                   row_valid=row_valid, col_valid=col_valid)
+  return np.asarray(fg[:height, :width])
+
+
+def _blur_fusion_tiled(image: np.ndarray, alpha: np.ndarray, radii: tuple[int, ...],
+                       tile: int) -> np.ndarray:
+  """Blur fusion in tile x tile blocks, each run with a halo of the passes' reach
+  (sum of window // 2, + 1): a pass reads at most window // 2 pixels away, so
+  every block equals the whole image's result (up to float summation order)."""
+  height, width = alpha.shape
+  halo = sum(size // 2 for size in radii) + 1
+  side = padded_side(tile + 2 * halo)
+  out = np.empty((height, width, 3), np.float32)
+  for top in range(0, height, tile):
+    for left in range(0, width, tile):
+      rows = slice(max(0, top - halo), min(height, top + tile + halo))
+      cols = slice(max(0, left - halo), min(width, left + tile + halo))
+      block = _blur_fusion_padded(image[rows, cols], alpha[rows, cols], radii, (side, side))
+      bottom, right = min(height, top + tile), min(width, left + tile)
+      out[top:bottom, left:right] = block[top - rows.start:bottom - rows.start,
+                                          left - cols.start:right - cols.start]
+  return out
+
+
 def scaled_radii(height: int, width: int,
                  radii: tuple[int, ...] = DEFAULT_RADII) -> tuple[int, ...]:
   """The paper's window sizes scaled to the image's long side (at least 3 and 1)."""
@@ -129,6 +186,11 @@ def _multilevel(image: np.ndarray, alpha: np.ndarray, **kwargs) -> np.ndarray:
     raise ImportError(
         "method='multilevel' needs pymatting: pip install 'bgmat[matting]' "
         "(or pymatting>=1.1.12); method='blur_fusion' needs nothing extra") from e
+  if max(alpha.shape) < 2:
+    # pymatting's level count is ceil(log2(long side)): 0 for one pixel, and it
+    # divides by it. With no neighbours the estimate is F = I, what its
+    # coarsest level (and blur fusion) gives for a constant image.
+    return np.clip(image, 0.0, 1.0).astype(np.float32)
   fg = estimate_foreground_ml(image.astype(np.float64), alpha.astype(np.float64), **kwargs)
   return np.clip(fg, 0.0, 1.0).astype(np.float32)
 
@@ -151,15 +213,12 @@ def estimate_foreground(image, alpha, method: str = 'blur_fusion',
                      f'and {alpha.shape}')
   if method == 'blur_fusion':
     height, width = alpha.shape
-    padded_h, padded_w = padded_side(height), padded_side(width)
+    padded_h, padded_w = padded_shape(height, width)
     # Radii from the padded shape: one compile per padded shape, not per size.
     radii = tuple(radii) if radii else scaled_radii(padded_h, padded_w)
-    pad = ((0, padded_h - height), (0, padded_w - width))
-    row_valid = (np.arange(padded_h) < height).astype(np.float32)
-    col_valid = (np.arange(padded_w) < width).astype(np.float32)
-    fg = blur_fusion(np.pad(image, pad + ((0, 0),)), np.pad(alpha, pad), radii=radii,
-                     row_valid=row_valid, col_valid=col_valid)
-    return np.asarray(fg[:height, :width])
+    if max(height, width) > TILE:
+      return _blur_fusion_tiled(image, alpha, radii, TILE)
+    return _blur_fusion_padded(image, alpha, radii, (padded_h, padded_w))
   if method == 'multilevel':
     return _multilevel(image, alpha, **kwargs)
   if method == 'none':

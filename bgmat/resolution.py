@@ -96,27 +96,78 @@ class Plan:
       when `max_side` caps it (the alpha is then resized back).
     bucket: the padded (height, width) for a direct run; None for tiles.
     tile: (height, width) of each tile when `bucket` is None.
+    overlap: the tile overlap of a strip's small tiles (`strip_tile`); None:
+      the remover's.
   """
   size: tuple[int, int]
   bucket: tuple[int, int] | None
   tile: tuple[int, int] | None = None
+  overlap: int | None = None
 
 
-def plan(height: int, width: int, buckets: Buckets, max_side: int | None = None) -> Plan:
-  """The matting size, and the bucket or tile shape, of a height x width photo."""
+def plan(height: int, width: int, buckets: Buckets, max_side: int | None = None,
+         overlap: int | None = None) -> Plan:
+  """The matting size, and the bucket or tile shape, of a height x width photo.
+
+  A photo more elongated than every bucket aspect (a 4000x20 strip) is cut
+  into tiles of the bucket shape that pads least in all (`strip_tile`) when
+  that is under half the pixels of the plain plan, so a strip costs about its
+  own area, not a square's. `overlap`: the tile overlap (default as Remover).
+  """
   scale = 1.0 if not max_side else min(1.0, max_side / max(height, width))
   size = (max(1, round(height * scale)), max(1, round(width * scale)))
+  overlap = default_overlap(buckets) if overlap is None else overlap
   bucket = buckets.fit(*size)
   if bucket is not None:
-    return Plan(size, bucket)
-  largest = buckets.max_side
-  # Tiles are the largest square bucket, cut down (to a bucket shape) along a
-  # side the photo does not fill; every tile of a photo has one shape.
-  tile = buckets.fit(min(size[0], largest), min(size[1], largest))
-  if tile is None:
-    raise ValueError(f'Buckets {buckets.shapes()} hold no tile for {size}; include an '
-                     'aspect of 1 (square) in the bucket set')
-  return Plan(size, None, tile)
+    direct = Plan(size, bucket)
+  else:
+    largest = buckets.max_side
+    # Tiles are the largest square bucket, cut down (to a bucket shape) along a
+    # side the photo does not fill; every tile of a photo has one shape.
+    tile = buckets.fit(min(size[0], largest), min(size[1], largest))
+    if tile is None:
+      raise ValueError(f'Buckets {buckets.shapes()} hold no tile for {size}; include an '
+                       'aspect of 1 (square) in the bucket set')
+    direct = Plan(size, None, tile)
+  if min(size) / max(size) >= min(buckets.aspects):
+    return direct
+  strip = strip_tile(*size, buckets, overlap)
+  if strip is not None and strip[1] * 2 < _cost(direct, overlap):
+    return Plan(size, None, strip[0], min(overlap, min(strip[0]) // 4))
+  return direct
+
+
+def default_overlap(buckets: Buckets) -> int:
+  """The tile overlap `Remover` uses: 1/8 of the largest side, at least the stride."""
+  return max(buckets.max_side // 8, buckets.stride)
+
+
+def _tile_count(height: int, width: int, tile: tuple[int, int], overlap: int) -> int:
+  tile_h, tile_w = min(tile[0], height), min(tile[1], width)
+  return (len(tile_origins(height, tile_h, min(overlap, tile_h - 1))) *
+          len(tile_origins(width, tile_w, min(overlap, tile_w - 1))))
+
+
+def _cost(p: Plan, overlap: int) -> int:
+  """Pixels the generator runs on for plan `p`."""
+  if p.bucket is not None:
+    return p.bucket[0] * p.bucket[1]
+  overlap = overlap if p.overlap is None else p.overlap
+  return _tile_count(*p.size, p.tile, overlap) * p.tile[0] * p.tile[1]
+
+
+def strip_tile(height: int, width: int, buckets: Buckets, overlap: int
+               ) -> tuple[tuple[int, int], int] | None:
+  """(tile shape, pixels run) of the bucket shape covering height x width in
+  overlapping tiles with the fewest pixels; the overlap is at most a quarter
+  of a tile side, so small tiles still advance."""
+  best = None
+  for shape in buckets.shapes():
+    tile_overlap = min(overlap, min(shape) // 4)
+    cost = _tile_count(height, width, shape, tile_overlap) * shape[0] * shape[1]
+    if best is None or cost < best[1]:
+      best = (shape, cost)
+  return best
 
 
 def tile_origins(length: int, tile: int, overlap: int) -> list[int]:

@@ -16,7 +16,6 @@ this step's update; G's loss uses D before its update), as in magvit.
 """
 
 import functools
-import json
 import os
 from typing import Any
 
@@ -24,7 +23,6 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 from bgmat import checkpointing
