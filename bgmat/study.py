@@ -91,9 +91,11 @@ def run_peer(args, data_dir: str) -> None:
             '--split', 'validation', '--work_dir', os.path.join(work, 'mp')]
   script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'bench',
                         'peer_mediapipe.py')
-  _run([sys.executable, script, 'dump', *common])
+  # dump / score import bgmat (run as a module from the repository root);
+  # segment runs in mediapipe's venv and imports only numpy, PIL, mediapipe.
+  _run([sys.executable, '-m', 'bench.peer_mediapipe', 'dump', *common])
   _run([args.mediapipe_python, script, 'segment', *common])
-  _run([sys.executable, script, 'score', *common, '--out', out])
+  _run([sys.executable, '-m', 'bench.peer_mediapipe', 'score', *common, '--out', out])
 
 
 def main(argv=None) -> None:
