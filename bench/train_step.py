@@ -198,6 +198,30 @@ def run(args) -> list[str]:
     lines.append(line)
     print(line, flush=True)
 
+  stages = set(args.stages.split(','))
+  ours = mine = gan = None
+  if 'preseg' in stages:
+    ours, mine = _preseg_rows(args, preseg, twin, peer_arch, peer_width, dtype, peak, on_gpu,
+                              emit)
+  if 'matting' in stages:
+    gan = bench_jax(matting, args.steps)
+    emit(_row('matting', f'{matting.model.name} + {matting.disc.name}', 'bgmat JAX', matting,
+              dtype, gan['images_per_s'], gan['flops'], peak, gan['compile_s']))
+  emit('')
+  counts = []
+  if ours:
+    counts += [f'{preseg.model.name} {ours["params"]:,}',
+               f'smp-head twin {mine["params"]:,} (= the peer\'s)']
+  if gan:
+    counts.append(f'generator {gan["params"]:,}')
+  emit(f'Parameters: {"; ".join(counts)}.')
+  emit(f'Load average at the end (1/5/15 min): {" ".join(open("/proc/loadavg").read().split()[:3])}'
+       if os.path.exists('/proc/loadavg') else '')
+  return lines
+
+
+def _preseg_rows(args, preseg, twin, peer_arch, peer_width, dtype, peak, on_gpu, emit):
+  """Emits the pre-segmentation rows; returns (ours, smp-head twin) results."""
   ours = bench_jax(preseg, args.steps)
   emit(_row('preseg', preseg.model.name + (' (improved)' if preseg.model.kwargs.get(
       'improved') else ''), 'bgmat JAX', preseg, dtype, ours['images_per_s'], ours['flops'],
@@ -225,13 +249,7 @@ def run(args) -> list[str]:
     ratio = f'{mine["images_per_s"] / result.images_per_s:.2f}' if result.images_per_s else ''
     emit(_row('preseg', twin_name, impl, twin, dtype, result.images_per_s, mine['flops'],
               peak, result.first_step_s, ratio))
-  gan = bench_jax(matting, args.steps)
-  emit(_row('matting', f'{matting.model.name} + {matting.disc.name}', 'bgmat JAX', matting,
-            dtype, gan['images_per_s'], gan['flops'], peak, gan['compile_s']))
-  emit('')
-  emit(f'Parameters: {preseg.model.name} {ours["params"]:,}; smp-head twin '
-       f'{mine["params"]:,} (= the peer\'s); generator {gan["params"]:,}.')
-  return lines
+  return ours, mine
 
 
 def main(argv=None):
@@ -245,6 +263,8 @@ def main(argv=None):
   parser.add_argument('--peer_modes', default='eager,channels_last,compile',
                       help="comma-separated PyTorch modes; '' skips the peer")
   parser.add_argument('--peak_tflops', type=float, default=None)
+  parser.add_argument('--stages', default='preseg,matting',
+                      help='comma-separated: preseg (ours, twin, peer rows), matting')
   parser.add_argument('--out', default='', help='also write the table (markdown) here')
   argv = sys.argv[1:] if argv is None else list(argv)
   args = parser.parse_args(argv)

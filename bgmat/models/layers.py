@@ -184,19 +184,38 @@ def depthwise_conv_grouped(x, kernel, stride: int = 1, dilation: int = 1, paddin
       feature_group_count=x.shape[-1])
 
 
-def _shifted_taps(xp, kernel, stride, dilation, out_h, out_w):
-  """sum_ij xp[:, i*d + s*oh, j*d + s*ow, :] * kernel[i, j, 0, :] (no padding)."""
+def _tap_reads_data(i, dilation, stride, out_size, valid):
+  """Whether tap offset i*dilation reads any index of [valid[0], valid[1])."""
+  first = i * dilation
+  last = first + (out_size - 1) * stride
+  return first < valid[1] and last >= valid[0]
+
+
+def _shifted_taps(xp, kernel, stride, dilation, out_h, out_w, valid=None):
+  """sum_ij xp[:, i*d + s*oh, j*d + s*ow, :] * kernel[i, j, 0, :] (no padding).
+
+  valid: ((row_lo, row_hi), (col_lo, col_hi)), the region of xp outside which
+  it is zero; taps whose reads all fall outside it are skipped (e.g. the
+  off-centre taps of a dilated conv wider than its map, ASPP at small sizes).
+  """
   kh, kw = kernel.shape[0], kernel.shape[1]
-  n, _, _, c = xp.shape
+  n, hp, wp, c = xp.shape
+  (row_lo, row_hi), (col_lo, col_hi) = valid or ((0, hp), (0, wp))
   acc = None
   for i in range(kh):
+    if not _tap_reads_data(i, dilation, stride, out_h, (row_lo, row_hi)):
+      continue
     for j in range(kw):
+      if not _tap_reads_data(j, dilation, stride, out_w, (col_lo, col_hi)):
+        continue
       sl = lax.slice(
           xp, (0, i * dilation, j * dilation, 0),
           (n, i * dilation + (out_h - 1) * stride + 1, j * dilation + (out_w - 1) * stride + 1, c),
           (1, stride, stride, 1))
       term = sl * kernel[i, j, 0]
       acc = term if acc is None else acc + term
+  if acc is None:
+    return jnp.zeros((n, out_h, out_w, c), xp.dtype)
   return acc
 
 
@@ -213,7 +232,8 @@ def _dw_shifted_fwd(x, kernel, stride, dilation, padding):
   out_w = conv_out_size(w, kw, stride, dilation, padding)
   kernel = kernel.astype(x.dtype)
   xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-  y = _shifted_taps(xp, kernel, stride, dilation, out_h, out_w)
+  valid = ((padding, padding + h), (padding, padding + w))
+  y = _shifted_taps(xp, kernel, stride, dilation, out_h, out_w, valid)
   return y, (x, kernel)
 
 
@@ -231,13 +251,18 @@ def _dw_shifted_bwd(stride, dilation, padding, res, g):
   hi_w = w + (kw - 1) * dilation - ((out_w - 1) * stride + 1) - lo_w
   gd = lax.pad(g, jnp.zeros((), g.dtype),
                ((0, 0, 0), (lo_h, hi_h, stride - 1), (lo_w, hi_w, stride - 1), (0, 0, 0)))
-  dx = _shifted_taps(gd, kernel[::-1, ::-1], 1, dilation, h, w)
+  valid = ((lo_h, lo_h + (out_h - 1) * stride + 1), (lo_w, lo_w + (out_w - 1) * stride + 1))
+  dx = _shifted_taps(gd, kernel[::-1, ::-1], 1, dilation, h, w, valid)
   # Kernel gradient: per tap, a reduction of g * shifted input.
   xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
   taps = []
   for i in range(kh):
     row = []
     for j in range(kw):
+      if not (_tap_reads_data(i, dilation, stride, out_h, (padding, padding + h)) and
+              _tap_reads_data(j, dilation, stride, out_w, (padding, padding + w))):
+        row.append(jnp.zeros((c,), jnp.float32))  # reads only padding
+        continue
       sl = lax.slice(
           xp, (0, i * dilation, j * dilation, 0),
           (n, i * dilation + (out_h - 1) * stride + 1, j * dilation + (out_w - 1) * stride + 1, c),

@@ -151,3 +151,17 @@ def test_patchgan_impls_same_params_and_gradients():
                   jax.tree.leaves(grads['lax'])):
     np.testing.assert_allclose(a, b, atol=1e-4 * float(np.abs(b).max()),
                                rtol=0)
+
+
+@pytest.mark.parametrize('size,dilation,taps', [(4, 12, 1), (32, 36, 1), (32, 24, 9),
+                                                (8, 6, 9)])
+def test_depthwise_shifted_skips_taps_that_read_only_padding(size, dilation, taps):
+  """ASPP's dilated 3x3 on a map narrower than the dilation: off-centre taps
+  read only zeros and are not computed (forward: one multiply per tap)."""
+  x = jnp.zeros((1, size, size, 4), jnp.float32)
+  kernel = jnp.zeros((3, 3, 1, 4), jnp.float32)
+  jaxpr = jax.make_jaxpr(functools.partial(
+      layers.depthwise_conv, stride=1, dilation=dilation, padding=dilation,
+      impl='shifted'))(x, kernel)
+  text = str(jaxpr)
+  assert text.count(' mul ') == taps, text
