@@ -61,7 +61,11 @@ def closed_form_alpha(image: np.ndarray, trimap: np.ndarray, cg_maxiter: int = 2
   """Closed-form matting. image (H, W, 3), trimap (H, W[, 1]) in [0, 1] -> alpha (H, W, 1).
 
   A trimap without unknown pixels is returned as the alpha (nothing to solve);
-  one without any known pixel has no constraint: all zeros.
+  one without any known pixel has no constraint: all zeros. With known
+  foreground but no known background (a subject filling the frame) the
+  minimiser of the matting Laplacian's energy is alpha = 1 everywhere
+  (constants are in its null space; Levin et al. 2008), and alpha = 0 in the
+  opposite case; pymatting refuses such trimaps, so they are answered here.
   """
   import pymatting  # pylint: disable=g-import-not-at-top
   trimap2d = np.asarray(trimap, np.float64).reshape(image.shape[:2])
@@ -70,6 +74,9 @@ def closed_form_alpha(image: np.ndarray, trimap: np.ndarray, cg_maxiter: int = 2
     return trimap2d.astype(np.float32)[..., None]
   if unknown.all():
     return np.zeros(image.shape[:2] + (1,), np.float32)
+  has_fg, has_bg = (trimap2d >= 0.9).any(), (trimap2d <= 0.1).any()
+  if has_fg != has_bg:
+    return np.full(image.shape[:2] + (1,), 1.0 if has_fg else 0.0, np.float32)
   alpha = pymatting.estimate_alpha_cf(
       np.asarray(image, np.float64), trimap2d, cg_kwargs=dict(maxiter=cg_maxiter))
   return np.clip(alpha, 0.0, 1.0).astype(np.float32)[..., None]

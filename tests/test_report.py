@@ -219,3 +219,12 @@ def test_alphamatting_loader_downscales_with_a_nearest_trimap(tmp_path):
 def test_report_rejects_a_directory_that_is_not_a_run(tmp_path):
   with pytest.raises(FileNotFoundError, match='no config.json'):
     report.Run(str(tmp_path))
+
+
+def test_closed_form_without_known_background_is_all_foreground():
+  from bgmat import baselines  # pylint: disable=g-import-not-at-top
+  image = np.random.default_rng(0).random((12, 10, 3))
+  trimap = np.full((12, 10, 1), 0.5, np.float32)
+  trimap[:4] = 1.0  # foreground known, no background anywhere
+  np.testing.assert_array_equal(baselines.closed_form_alpha(image, trimap), 1.0)
+  np.testing.assert_array_equal(baselines.closed_form_alpha(image, 1.0 - trimap), 0.0)
