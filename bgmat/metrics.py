@@ -408,7 +408,7 @@ class MattingEval(clu_metrics.Collection):
   """Dataset averages of the `batch_eval_metrics(..., trimap)` outputs.
 
   Use `MattingEval.single_from_model_output(**per_example)` per batch and
-  `.merge` across batches; all nine keys are required (a trimap is needed for
+  `.merge` across batches; all ten keys are required (a trimap is needed for
   the '_unknown' ones). Built from `Average` only.
   """
   sad: clu_metrics.Average.from_output('sad')
@@ -420,6 +420,7 @@ class MattingEval(clu_metrics.Collection):
   grad_unknown: clu_metrics.Average.from_output('grad_unknown')
   conn_unknown: clu_metrics.Average.from_output('conn_unknown')
   iou: clu_metrics.Average.from_output('iou')
+  boundary_f: clu_metrics.Average.from_output('boundary_f')
 
 
 def average_collection(keys) -> type[clu_metrics.Collection]:
