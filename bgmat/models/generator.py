@@ -209,7 +209,7 @@ generator_r50 = functools.partial(MattingGenerator, stage_sizes=(3, 4, 6, 3),
 generator_tiny = functools.partial(MattingGenerator, stage_sizes=(1, 1, 1, 1),
                                    block='basic', width=16)
 # For the CPU study (256 px, trained in under an hour on 2 cores): ResNet-18's
-# layout at half width, about 2.8M parameters.
+# layout at half width, about 3.6M parameters.
 generator_small = functools.partial(MattingGenerator, stage_sizes=(2, 2, 2, 2),
                                     block='basic', width=32)
 
