@@ -106,6 +106,7 @@ def evaluate_closed_form(config, split: str, preseg_prob=None) -> tuple[dict, di
     raise ValueError('trimap_source=preseg needs the pre-segmentation (preseg_workdir)')
   accumulator = metrics_lib.MattingEvalAccumulator()
   samples = None
+  count = 0
   for batch in input_pipeline.eval_batches(
       config, split, process_index=0, process_count=1, per_process_batch=config.batch_size,
       max_examples=config.get('max_eval_examples')):
@@ -113,6 +114,7 @@ def evaluate_closed_form(config, split: str, preseg_prob=None) -> tuple[dict, di
     if not valid.any():
       continue
     images, alphas = batch['image'][valid], batch['alpha'][valid]
+    count += len(images)
     if config.trimap_source == 'gt':
       trimaps = np.stack([gt_trimap(a, config.trimap_radius) for a in alphas])
     else:
@@ -128,6 +130,7 @@ def evaluate_closed_form(config, split: str, preseg_prob=None) -> tuple[dict, di
   results = accumulator.compute()
   if not results:
     raise ValueError(f'No {split} examples in {config.dataset} ({config.data_dir})')
+  results['n'] = count  # examples evaluated
   return {f'alpha/{k}': v for k, v in results.items()}, samples
 
 
