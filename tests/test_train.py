@@ -9,6 +9,7 @@ import pytest
 
 from bgmat import checkpointing
 from bgmat import input_pipeline
+from bgmat import models
 from bgmat import sharding
 from bgmat import train
 from bgmat import writers
@@ -105,7 +106,7 @@ def test_init_from_converted_encoder(tmp_path):
   """config.init_from grafts converted encoder weights; the head stays as initialised."""
   from bgmat import convert  # pylint: disable=g-import-not-at-top
   config = preseg_configs.get_config('tiny')
-  encoder = train.models.get_model('xception_tiny', num_classes=10)
+  encoder = models.get_model('xception_tiny', num_classes=10)
   shapes = jax.eval_shape(lambda: encoder.init(
       jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32)))
   rng = np.random.default_rng(0)
