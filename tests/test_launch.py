@@ -99,9 +99,13 @@ def test_local_runs_all_processes_and_returns_a_failure(tmp_path):
 def test_local_interrupt_stops_the_processes(tmp_path):
   python = _stub(tmp_path / 'python', f'echo $$ > {shlex.quote(str(tmp_path))}/pid."${{*: -1}}"\n'
                  'exec sleep 60\n')
+  # SIGINT at its default in the launcher whatever the test runner's state (a
+  # signal ignored at entry cannot be trapped by bash, and an earlier test in
+  # the same pytest process may leave SIGINT ignored).
   launcher = subprocess.Popen(['bash', str(LAUNCH / 'local_multiprocess.sh'), '-n', '2', '--',
                                '--config', 'c.py', '--workdir', '/w'],
-                              env=_env(PYTHON=str(python)))
+                              env=_env(PYTHON=str(python)),
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   pid_files = [tmp_path / 'pid.0', tmp_path / 'pid.1']
   # Liveness bounds only (a hang fails, a slow box does not): generous, as
   # the suite runs on loaded 2-core machines.
