@@ -144,24 +144,28 @@ def assert_same_run(reference, workdir, results=None, *, layout_changed=False):
 
   With the same device layout a run is bitwise reproducible (resume included).
   Across layouts (1 x 4 vs 2 x 2 devices) the gradient all-reduce sums in
-  another order; steps 1-2 (update with lr 0 at step 1) agree to float
-  rounding and the float-level differences then grow through training (at
-  step 6 on the 2-core CPU box: losses 1.2e-4 relative, parameters 4.8e-5 and
-  BN statistics 3.8e-4 absolute), hence the looser bounds.
+  another order. What is exact is checked tightly: steps 1-2 (same global
+  batches, the lr-0 first update) agree to float rounding, so a wrong row, a
+  missing all-reduce or a different data order fails there. Later, Adam's
+  early sign-like updates turn the float-level differences of near-zero
+  gradients into +-lr steps whose sign depends on the summation order, so the
+  runs drift apart by a machine-dependent amount (0.01-0.5% of the loss by step
+  6 on 2-core boxes); those steps, the final state and the metrics are checked
+  against gross errors only (2%).
   """
   losses = losses_by_step(workdir)
   assert sorted(losses) == sorted(reference['losses']) == list(range(1, 7))
   got = np.array([losses[s] for s in range(1, 7)])
   want = np.array([reference['losses'][s] for s in range(1, 7)])
   np.testing.assert_allclose(got[:2], want[:2], rtol=1e-5)
-  np.testing.assert_allclose(got, want, rtol=1e-3 if layout_changed else 1e-6)
+  np.testing.assert_allclose(got, want, rtol=2e-2 if layout_changed else 1e-6)
   state = checkpointing.restore_state_only(workdir)
   assert jax.tree.structure(state) == jax.tree.structure(reference['state'])
   for part in ('params', 'batch_stats', 'opt_state', 'step', 'skipped_steps'):
     tol = dict(rtol=1e-6, atol=1e-7)
     if layout_changed:
-      tol = {'params': dict(rtol=1e-3, atol=2e-4),
-             'batch_stats': dict(rtol=2e-3, atol=1e-3)}.get(part)
+      tol = {'params': dict(rtol=2e-2, atol=2e-3),
+             'batch_stats': dict(rtol=2e-2, atol=1e-2)}.get(part)
     if tol is None:  # Adam moments of near-zero gradients: finite is all we ask.
       assert all(np.isfinite(x).all() for x in jax.tree.leaves(state[part]))
       continue
@@ -172,8 +176,9 @@ def assert_same_run(reference, workdir, results=None, *, layout_changed=False):
     for split, metrics in reference['results'].items():
       for key, value in metrics.items():
         np.testing.assert_allclose(results[split][key], value,
-                                   rtol=1e-3 if layout_changed else 1e-5,
-                                   err_msg=f'{split}/{key}')
+                                   rtol=2e-2 if layout_changed else 1e-5,
+                                   atol=2e-2 if layout_changed and key.endswith('boundary_f')
+                                   else 0, err_msg=f'{split}/{key}')
 
 
 def eval_results(workdir):
