@@ -227,16 +227,6 @@ class FolderMasks:
     return quality.load_mask(path, image.shape[:2])
 
 
-def _read_run_config(workdir: str):
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise ValueError(f'{path} not found: --preseg_workdir must be a trained bgmat run '
-                     '(python -m bgmat.main --config configs/preseg.py)')
-  with open(path, encoding='utf-8') as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
 class PresegMasks:
   """Masks from a trained pre-segmentation run (or the one a matting run names):
   the photo letterboxed to the run's image size (bgmat.resolution.letterbox, as
@@ -245,18 +235,17 @@ class PresegMasks:
 
   def __init__(self, workdir: str):
     import jax  # pylint: disable=g-import-not-at-top
-    from bgmat import train  # pylint: disable=g-import-not-at-top
-    config = _read_run_config(workdir)
-    if config.stage == 'matting':
-      workdir = train.resolve_preseg_workdir(config, workdir)
-      config = _read_run_config(workdir)
-    if config.stage != 'preseg':
-      raise ValueError(f'{workdir} is a {config.stage!r} run, not a pre-segmentation run')
-    module, variables = train.load_frozen_preseg(workdir)
-    self.workdir = workdir
-    self.working_size = int(config.image_size)
-    self._variables = jax.device_put(variables)
-    self._prob = jax.jit(lambda v, x: jax.nn.sigmoid(module.apply(v, x, train=False)))
+    from bgmat import runs  # pylint: disable=g-import-not-at-top
+    if not os.path.exists(os.path.join(workdir, 'config.json')):
+      raise ValueError(f'{os.path.join(workdir, "config.json")} not found: --preseg_workdir '
+                       'must be a trained bgmat run (python -m bgmat.main --config '
+                       'configs/preseg.py)')
+    # A matting run stands for its stage 1 (runs.load_preseg resolves and checks it).
+    stage = runs.load_preseg(workdir)
+    self.workdir = stage.workdir
+    self.working_size = int(stage.config.image_size)
+    self._variables = jax.device_put(stage.variables)
+    self._prob = jax.jit(lambda v, x: runs.preseg_probability(stage.module, v, x))
 
   def __call__(self, stem: str, image: np.ndarray) -> np.ndarray:
     del stem  # The model needs only the pixels.
