@@ -13,11 +13,22 @@ sizes: the peak RSS (psutil, sampled after every photo) and its growth from
 photo 20 to the last. With neither --workdir nor --export, the models are the
 `demo` configs' presets with random weights (latency does not depend on the
 weights).
+
+  python -m bench.remove --sizes '' --images 0 --mixed-sizes 300
+  python -m bench.remove --sizes '' --images 0 --large-mp 24
+
+`--mixed-sizes N`: the same folder run over N photos of random sizes (long
+side 256-1600 px, aspect 1:2 to 2:1, seeded), the case where every new size
+used to compile again: RSS at photo 50 and at photo N and the growth between
+them (the bound promised: under 5%), and the peak. `--large-mp M`: one photo
+of about M megapixels (3:2), alpha + RGBA write: its wall time and the
+process's peak RSS (`ru_maxrss`, so run it in its own invocation).
 """
 
 import argparse
 import os
 import platform
+import resource
 import statistics
 import tempfile
 import time
@@ -77,14 +88,27 @@ def _latency(remover, size: int, repeats: int) -> tuple[float, float, str]:
   return first, statistics.median(times), how
 
 
-def _memory(remover, count: int, batch_size: int) -> dict:
+def mixed_sizes(count: int, seed: int = 0) -> list[tuple[int, int]]:
+  """`count` random (height, width): long side 256-1600 px, aspect 1:2 to 2:1."""
+  rng = np.random.default_rng(seed)
+  sizes = []
+  for _ in range(count):
+    long_side = int(rng.integers(256, 1601))
+    short_side = int(rng.integers(long_side // 2, long_side + 1))
+    sizes.append((long_side, short_side) if rng.random() < 0.5 else (short_side, long_side))
+  return sizes
+
+
+def _memory(remover, count: int, batch_size: int,
+            sizes: list[tuple[int, int]] | None = None) -> dict:
   process = psutil.Process()
   rss = []
+  sizes = sizes or [FOLDER_SIZES[i % len(FOLDER_SIZES)] for i in range(count)]
   with tempfile.TemporaryDirectory() as tmp:
     src, out = os.path.join(tmp, 'photos'), os.path.join(tmp, 'out')
     os.makedirs(src)
     for i in range(count):
-      height, width = FOLDER_SIZES[i % len(FOLDER_SIZES)]
+      height, width = sizes[i]
       Image.fromarray(_photo(height, width, i)).save(os.path.join(src, f'{i:05d}.jpg'),
                                                      quality=90)
 
@@ -100,7 +124,8 @@ def _memory(remover, count: int, batch_size: int) -> dict:
     seconds = time.perf_counter() - start
   assert len(summary.written) == count, summary.failures
   mib = lambda b: b / 2**20
-  return {'peak_mib': mib(max(rss)), 'at20_mib': mib(rss[min(19, len(rss) - 1)]),
+  return {'rss_mib': [mib(r) for r in rss],
+          'peak_mib': mib(max(rss)), 'at20_mib': mib(rss[min(19, len(rss) - 1)]),
           'mid_mib': mib(rss[len(rss) // 2 - 1]),
           'last_mib': mib(rss[-1]), 'growth_mib': mib(rss[-1] - rss[min(19, len(rss) - 1)]),
           'images_per_s': count / seconds}
@@ -116,6 +141,10 @@ def main():
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--images', type=int, default=200, help='Photos in the memory run.')
   parser.add_argument('--batch-size', type=int, default=1)
+  parser.add_argument('--mixed-sizes', type=int, default=0,
+                      help='Photos of random sizes in a second folder run (0: none).')
+  parser.add_argument('--large-mp', type=float, default=0,
+                      help='Megapixels of one large photo to time (0: none).')
   args = parser.parse_args()
   buckets = resolution.Buckets()
   if args.workdir:
@@ -129,9 +158,11 @@ def main():
   print(f'bgmat remove benchmark: {source}; working size {remover.working_size}; '
         f'device {device.platform} ({device.device_kind}), {os.cpu_count()} CPUs, '
         f'{platform.machine()}, jax {jax.__version__}\n')
-  print('| photo | matting | first call (s, compile incl.) | median (s) | images/s |')
-  print('|---|---|---|---|---|')
-  for size in (int(s) for s in args.sizes.split(',') if s.strip()):
+  latency_sizes = [int(s) for s in args.sizes.split(',') if s.strip()]
+  if latency_sizes:
+    print('| photo | matting | first call (s, compile incl.) | median (s) | images/s |')
+    print('|---|---|---|---|---|')
+  for size in latency_sizes:
     first, median, how = _latency(remover, size, args.repeats)
     print(f'| {size}x{size} | {how} | {first:.2f} | {median:.3f} | {1 / median:.2f} |',
           flush=True)
@@ -143,7 +174,47 @@ def main():
           f'{mem["at20_mib"]:.0f} MiB, at photo {args.images // 2} {mem["mid_mib"]:.0f} MiB, '
           f'at photo {args.images} {mem["last_mib"]:.0f} MiB '
           f'(growth {mem["growth_mib"]:+.0f} MiB)')
-
+  if args.mixed_sizes:
+    sizes = mixed_sizes(args.mixed_sizes)
+    mem = _memory(remover, args.mixed_sizes, args.batch_size, sizes)
+    rss = mem['rss_mib']
+    at50 = rss[min(49, len(rss) - 1)]
+    pixels = [h * w for h, w in sizes]
+    print(f'\n{args.mixed_sizes} photos of random sizes ({min(pixels) / 1e6:.2f}-'
+          f'{max(pixels) / 1e6:.2f} MP, long side 256-1600 px, seed 0), batch size '
+          f'{args.batch_size}, RGBA + blur fusion: {mem["images_per_s"]:.2f} images/s\n')
+    print('| photo | 1 | 10 | 50 | 100 | 200 | last | peak |')
+    print('|---|---|---|---|---|---|---|---|')
+    marks = [rss[min(i, len(rss) - 1)] for i in (0, 9, 49, 99, 199)]
+    print('| RSS MiB | ' + ' | '.join(f'{m:.0f}' for m in marks) +
+          f' | {rss[-1]:.0f} | {mem["peak_mib"]:.0f} |')
+    print(f'\nGrowth from photo 50 to photo {len(rss)}: {rss[-1] - at50:+.0f} MiB '
+          f'({100 * (rss[-1] - at50) / at50:+.1f}%).')
+  if args.large_mp:
+    width = int(round((args.large_mp * 1e6 * 1.5) ** 0.5))
+    height = int(round(width / 1.5))
+    with tempfile.TemporaryDirectory() as tmp:
+      src, out = os.path.join(tmp, 'photos'), os.path.join(tmp, 'out')
+      os.makedirs(src)
+      # uint8 throughout (no int64 temporaries), so the photo itself adds
+      # about 2 x 3 bytes per pixel to the peak before the run starts.
+      rows = (np.arange(height) * 255 // height).astype(np.uint8)
+      cols = (np.arange(width) * 255 // width).astype(np.uint8)
+      photo = np.empty((height, width, 3), np.uint8)
+      photo[..., 0], photo[..., 1] = rows[:, None], cols[None, :]
+      photo[..., 2] = rows[:, None] + cols[None, :]  # uint8 wraps: (y + x) mod 256.
+      Image.fromarray(photo).save(os.path.join(src, 'large.jpg'), quality=90)
+      del photo
+      before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux.
+      start = time.perf_counter()
+      summary = remover_lib.process_inputs(remover, [src], out, log=lambda line: None)
+      seconds = time.perf_counter() - start
+      assert len(summary.written) == 1, summary.failures
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f'\nOne {width}x{height} JPEG ({width * height / 1e6:.1f} MP) through '
+          f'`process_inputs` (decode, alpha in tiles, blur fusion, RGBA PNG), first call '
+          f'(compiles included): {seconds:.1f} s; process peak RSS {peak:.0f} MiB '
+          f'(ru_maxrss; {before:.0f} MiB before the run).')
 
 if __name__ == '__main__':
   main()
