@@ -33,7 +33,6 @@ import tempfile
 import time
 
 import jax
-import numpy as np
 
 from bench import train_step as train_step_bench
 from bgmat import input_pipeline

@@ -195,13 +195,7 @@ def main(argv=None):
   args.peer_modes = [m for m in args.peer_modes.split(',') if m]
   lines = run(args)
   if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + '.tmp'
-    with open(tmp, 'w', encoding='utf-8') as f:
-      f.write(f'`python -m bench.preseg_infer {" ".join(argv)}`\n\n')
-      f.write('\n'.join(lines) + '\n')
-    os.replace(tmp, args.out)
-
+    train_step_bench.write_table(args.out, 'bench.preseg_infer', argv, lines)
 
 if __name__ == '__main__':
   main()

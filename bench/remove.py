@@ -34,7 +34,6 @@ import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 import psutil
@@ -49,19 +48,12 @@ FOLDER_SIZES = ((480, 640), (640, 480), (600, 600), (300, 400))
 
 def _random_demo_remover(buckets) -> remover_lib.Remover:
   """The demo configs' models with random weights (flax init)."""
-  from bgmat import train  # pylint: disable=g-import-not-at-top
   import configs.matting as matting_configs  # pylint: disable=g-import-not-at-top
   import configs.preseg as preseg_configs  # pylint: disable=g-import-not-at-top
   matting_config = matting_configs.get_config('demo')
-  preseg = train.build_model(preseg_configs.get_config('demo').model)
-  matting = train.build_model(matting_config.model)
-  size = matting_config.image_size
-  image, prior = jnp.zeros((1, size, size, 3)), jnp.zeros((1, size, size, 1))
-  preseg_vars = jax.jit(lambda k: preseg.init(k, image, train=False))(jax.random.key(0))
-  matting_vars = jax.jit(lambda k: matting.init(k, image, prior, train=False))(
-      jax.random.key(1))
-  return remover_lib.Remover(matting, matting_vars, preseg, preseg_vars, size,
-                             buckets=buckets)
+  return remover_lib.Remover.from_configs(preseg_configs.get_config('demo').model,
+                                          matting_config.model, matting_config.image_size,
+                                          buckets=buckets)
 
 
 def _photo(height: int, width: int, seed: int) -> np.ndarray:

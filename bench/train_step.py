@@ -58,6 +58,17 @@ PRESETS = {
 }
 
 
+def write_table(out: str, module: str, argv: list[str], lines: list[str]) -> None:
+  """Writes a benchmark's markdown `lines` to `out` (atomically), headed by the
+  command that made them (`python -m MODULE ARGV`)."""
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  tmp = out + '.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    f.write(f'`python -m {module} {" ".join(argv)}`\n\n')
+    f.write('\n'.join(lines) + '\n')
+  os.replace(tmp, out)
+
+
 def xla_flops(compiled) -> float:
   """FLOPs of a compiled computation from XLA's cost analysis (0 if unknown)."""
   analysis = compiled.cost_analysis()
@@ -272,12 +283,7 @@ def main(argv=None):
     parser.error('--steps must be >= 1')
   lines = run(args)
   if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + '.tmp'
-    with open(tmp, 'w', encoding='utf-8') as f:
-      f.write(f'`python -m bench.train_step {" ".join(argv)}`\n\n')
-      f.write('\n'.join(lines) + '\n')
-    os.replace(tmp, args.out)
+    write_table(args.out, 'bench.train_step', argv, lines)
 
 
 if __name__ == '__main__':

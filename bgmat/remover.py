@@ -156,6 +156,25 @@ class Remover:
                working_size or config.image_size, **kwargs)
 
   @classmethod
+  def from_configs(cls, preseg_model_config, matting_model_config, working_size: int,
+                   seed: int = 0, **kwargs) -> 'Remover':
+    """Both stages freshly initialised (random weights) from their model configs
+    (`config.model` of a preseg / matting config: name + kwargs): for
+    benchmarks, whose times do not depend on the weights, and tests.
+
+    `kwargs`: buckets, max_side, tile_overlap, max_pixels (see the class docstring).
+    """
+    from bgmat import runs  # pylint: disable=g-import-not-at-top
+    preseg = runs.build_model(preseg_model_config)
+    matting = runs.build_model(matting_model_config)
+    image = jax.numpy.zeros((1, working_size, working_size, 3))
+    prior = jax.numpy.zeros((1, working_size, working_size, 1))
+    preseg_key, matting_key = jax.random.split(jax.random.key(seed))
+    preseg_vars = jax.jit(lambda k: preseg.init(k, image, train=False))(preseg_key)
+    matting_vars = jax.jit(lambda k: matting.init(k, image, prior, train=False))(matting_key)
+    return cls(matting, matting_vars, preseg, preseg_vars, working_size, **kwargs)
+
+  @classmethod
   def from_export(cls, path: str, buckets: resolution.Buckets | None = None,
                   max_side: int | None = None, tile_overlap: int | None = None,
                   max_pixels: int = MAX_PIXELS) -> 'Remover':

@@ -61,3 +61,20 @@ def test_input_pipeline_bench_tiny(tmp_path, capsys):
   consumers = [line for line in printed.splitlines() if 'ESTIMATE' in line]
   assert len(consumers) == 2  # preseg and matting steps on the reference GPU
   assert (tmp_path / 'p.md').exists()
+
+
+def test_preseg_infer_bench_tiny_with_peer(tmp_path, capsys):
+  pytest.importorskip('segmentation_models_pytorch')
+  from bench import preseg_infer  # pylint: disable=g-import-not-at-top
+  out = tmp_path / 'infer.md'
+  preseg_infer.main(['--preset', 'tiny', '--size', '64', '--batches', '1,2', '--warmup', '1',
+                     '--repeats', '1', '--peer_modes', 'eager', '--out', str(out)])
+  printed = capsys.readouterr().out
+  rows = [line for line in printed.splitlines() if line.startswith('| 1 |') or
+          line.startswith('| 2 |')]
+  assert len(rows) == 6, printed  # per batch: config model, JAX twin, peer eager
+  for row in rows:
+    cells = [c.strip() for c in row.strip('|').split('|')]
+    assert 'failed' not in cells[2] and float(cells[3]) > 0 and float(cells[4]) > 0, row
+    assert float(cells[6].split()[0]) > 0, row  # ours / peer time
+  assert out.read_text().startswith('`python -m bench.preseg_infer --preset tiny')

@@ -12,18 +12,14 @@ import os
 import subprocess
 import sys
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 from PIL import ImageCms
 import pytest
 
 from bgmat import cli
-from bgmat import foreground
 from bgmat import remover as remover_lib
 from bgmat import resolution
-from bgmat import train
 import configs.matting as matting_configs
 import configs.preseg as preseg_configs
 
@@ -32,15 +28,9 @@ SMALL = resolution.Buckets(long_sides=(64, 128))
 
 @pytest.fixture(scope='module')
 def remover():
-  preseg = train.build_model(preseg_configs.get_config('tiny').model)
   config = matting_configs.get_config('tiny,noadv')
-  matting = train.build_model(config.model)
-  size = config.image_size
-  image, prior = jnp.zeros((1, size, size, 3)), jnp.zeros((1, size, size, 1))
-  preseg_vars = jax.jit(lambda k: preseg.init(k, image, train=False))(jax.random.key(0))
-  matting_vars = jax.jit(lambda k: matting.init(k, image, prior, train=False))(
-      jax.random.key(1))
-  return remover_lib.Remover(matting, matting_vars, preseg, preseg_vars, size, buckets=SMALL)
+  return remover_lib.Remover.from_configs(preseg_configs.get_config('tiny').model,
+                                          config.model, config.image_size, buckets=SMALL)
 
 
 @pytest.fixture
