@@ -170,10 +170,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   lines = run(args)
   if args.out:
-    tmp = args.out + '.tmp'
-    with open(tmp, 'w', encoding='utf-8') as f:
-      f.write(f'`python -m bench.input_pipeline {" ".join(argv)}`\n\n' + '\n'.join(lines) + '\n')
-    os.replace(tmp, args.out)
+    train_step_bench.write_table(args.out, 'bench.input_pipeline', argv, lines)
 
 
 if __name__ == '__main__':

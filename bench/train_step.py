@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bench import peer_torch
+from bgmat import atomic
 from bgmat import sharding
 from bgmat import train
 import configs.matting as matting_configs
@@ -61,12 +62,7 @@ PRESETS = {
 def write_table(out: str, module: str, argv: list[str], lines: list[str]) -> None:
   """Writes a benchmark's markdown `lines` to `out` (atomically), headed by the
   command that made them (`python -m MODULE ARGV`)."""
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  tmp = out + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    f.write(f'`python -m {module} {" ".join(argv)}`\n\n')
-    f.write('\n'.join(lines) + '\n')
-  os.replace(tmp, out)
+  atomic.write_text(out, f'`python -m {module} {" ".join(argv)}`\n\n' + '\n'.join(lines) + '\n')
 
 
 def xla_flops(compiled) -> float:

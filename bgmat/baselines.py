@@ -25,6 +25,7 @@ from ml_collections import config_flags
 import numpy as np
 import scipy.ndimage as ndi
 
+from bgmat import atomic
 from bgmat import evaluate as eval_lib
 from bgmat import input_pipeline
 from bgmat import metrics as metrics_lib
@@ -150,10 +151,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, split: str = 'test') ->
       path = os.path.join(os.path.dirname(workdir), path)
     preseg_prob = preseg_prob_fn(path)
   results, samples = evaluate_closed_form(config, split, preseg_prob)
-  tmp = os.path.join(workdir, 'config.json.tmp')
-  with open(tmp, 'w', encoding='utf-8') as f:
-    f.write(config.to_json_best_effort(indent=1))
-  os.replace(tmp, os.path.join(workdir, 'config.json'))
+  atomic.write_text(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=1))
   eval_lib.write_results(workdir, split, 0, results, samples, ['alpha'])
   return results
 

@@ -5,7 +5,6 @@ Predictions come from jitted model calls over global batches; the metrics
 mattes, exactly as if the predictions had been saved as PNG files.
 """
 
-import json
 import os
 from typing import Callable, Iterable
 
@@ -13,6 +12,7 @@ import jax
 import numpy as np
 from PIL import Image
 
+from bgmat import atomic
 from bgmat import metrics as metrics_lib
 from bgmat import sharding
 
@@ -88,15 +88,11 @@ def write_results(workdir: str, split: str, step: int, results: dict,
   out_dir = os.path.join(workdir, 'eval')
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, f'{split}_metrics.json')
-  tmp = path + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump({'step': int(step), **results}, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
+  atomic.write_json(path, {'step': int(step), **results}, indent=1, sort_keys=True)
   if samples is not None:
     for key in keys:
       picture = os.path.join(out_dir, f'{split}_{key}_side_by_side.png')
-      Image.fromarray(sample_grid(samples, key)).save(picture + '.tmp.png')
-      os.replace(picture + '.tmp.png', picture)
+      atomic.write_with(picture, Image.fromarray(sample_grid(samples, key)).save, suffix='.png')
   return path
 
 

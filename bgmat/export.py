@@ -27,6 +27,7 @@ import zipfile
 import jax
 import jax.numpy as jnp
 
+from bgmat import atomic
 from bgmat import resolution
 
 FORMAT = 'bgmat-export'
@@ -56,7 +57,7 @@ def export_functions(preseg_fn, matting_fn, working_size: int,
 def _require_flatbuffers():
   # jax.export's (de)serialization imports flatbuffers lazily; jax does not depend on it.
   try:
-    import flatbuffers  # pylint: disable=g-import-not-at-top,unused-import
+    import flatbuffers  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   except ImportError as e:
     raise ImportError("Reading or writing a bgmat export needs 'flatbuffers' "
                       "(pip install flatbuffers, or 'bgmat[export]')") from e
@@ -90,17 +91,13 @@ def write_export(path: str, functions: dict[str, jax.export.Exported], working_s
   _require_flatbuffers()
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  tmp = f'{path}.tmp-{os.getpid()}'
-  try:
+  def write(tmp):
     # Stored, not deflated: the modules are mostly float constants.
     with zipfile.ZipFile(tmp, 'w', compression=zipfile.ZIP_STORED) as zf:
       zf.writestr(HEADER, json.dumps(header, indent=1))
       for name, member in MEMBERS.items():
         zf.writestr(member, bytes(functions[name].serialize()))
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  atomic.write_with(path, write)
 
 
 def read_export(path: str) -> tuple[dict, dict[str, jax.export.Exported]]:

@@ -37,6 +37,7 @@ from PIL import Image
 from PIL import PngImagePlugin
 import tqdm
 
+from bgmat import atomic
 from bgmat import image_io
 from bgmat import remover as remover_lib
 
@@ -65,8 +66,6 @@ def save_image_atomic(array: np.ndarray, path: str, quality: int = 95,
   folder + rename, marked as bgmat's (PNG text 'Software', JPEG comment) and with
   `icc_profile` (the colour space of the pixels) when given."""
   fmt = _WRITTEN_FORMATS.get(os.path.splitext(path)[1].lower(), 'PNG')
-  folder, base = os.path.split(os.path.abspath(path))
-  tmp = os.path.join(folder, f'.{base}.tmp-{os.getpid()}.{fmt.lower()}')
   mark = f'{OUTPUT_MARK} {_version()}'
   options: dict[str, Any] = {}
   if icc_profile and array.ndim == 3:
@@ -78,12 +77,8 @@ def save_image_atomic(array: np.ndarray, path: str, quality: int = 95,
     info = PngImagePlugin.PngInfo()
     info.add_text('Software', mark)
     options['pnginfo'] = info
-  try:
-    Image.fromarray(array).save(tmp, format=fmt, **options)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  atomic.write_with(path, lambda tmp: Image.fromarray(array).save(tmp, format=fmt, **options),
+                    suffix='.' + fmt.lower())
 
 
 def save_png_atomic(array: np.ndarray, path: str) -> None:

@@ -48,6 +48,7 @@ import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-t
 import ml_collections  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
+from bgmat import atomic  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 from bgmat import baselines  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 from bgmat import input_pipeline  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 from bgmat import metrics as metrics_lib  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
@@ -257,9 +258,8 @@ def plot_curves(runs: list[Run], out_dir: str) -> list[str]:
         axis.legend(fontsize=7)
     fig.tight_layout()
     path = os.path.join(out_dir, f'curves_{stage}.png')
-    fig.savefig(path + '.tmp.png')
+    atomic.write_with(path, fig.savefig, suffix='.png')
     plt.close(fig)
-    os.replace(path + '.tmp.png', path)
     written.append(path)
   return written
 
@@ -281,9 +281,8 @@ def plot_samples(columns: dict[str, np.ndarray], out_dir: str, count: int = 4) -
         axes[i, j].set_title(name, fontsize=7)
   fig.tight_layout()
   path = os.path.join(out_dir, 'samples.png')
-  fig.savefig(path + '.tmp.png')
+  atomic.write_with(path, fig.savefig, suffix='.png')
   plt.close(fig)
-  os.replace(path + '.tmp.png', path)
   return path
 
 
@@ -494,9 +493,7 @@ def write_report(runs, rows, seg_rows, peers, alpha_rows, cutouts, curves, sampl
   if by_stage['matting'] and not by_stage['preseg']:
     lines.append('No preseg run was given: the original-vs-improved row is missing.')
   path = os.path.join(out_dir, 'report.md')
-  with open(path + '.tmp', 'w', encoding='utf-8') as f:
-    f.write('\n'.join(lines) + '\n')
-  os.replace(path + '.tmp', path)
+  atomic.write_text(path, '\n'.join(lines) + '\n')
   return path
 
 
@@ -525,9 +522,7 @@ def choose_preseg(runs: list[Run], given: str = '') -> str:
 
 
 def _write_json(path: str, data) -> None:
-  with open(path + '.tmp', 'w', encoding='utf-8') as f:
-    json.dump(data, f, indent=1)
-  os.replace(path + '.tmp', path)
+  atomic.write_json(path, data, indent=1)
 
 
 def parse_args(argv):

@@ -67,6 +67,7 @@ from PIL import Image
 import scipy.ndimage as ndi
 import tqdm
 
+from bgmat import atomic
 from bgmat import trimap as trimap_lib
 from data_prep import quality
 
@@ -274,14 +275,7 @@ def _label_job(image, coarse, trimap_fraction, max_side, binarize):
 
 
 def _write_json_atomic(record: dict, path: str) -> None:
-  tmp = f'{path}.tmp-{os.getpid()}'
-  try:
-    with open(tmp, 'w', encoding='utf-8') as f:
-      json.dump(record, f)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  atomic.write_json(path, record)
 
 
 def run(images_dir: str, mask_source, out_dir: str, report_path: str | None = None, *,

@@ -37,6 +37,7 @@ from PIL import Image
 import scipy.fft
 import scipy.ndimage as ndi
 
+from bgmat import atomic
 from bgmat import image_io
 
 ANALYSIS_SIDE = 256
@@ -347,17 +348,7 @@ def scan(images_dir: str, alphas_dir: str | None, thresholds: Thresholds,
 
 def write_jsonl_atomic(records: list[dict], path: str) -> None:
   """Writes JSON lines through a temporary file in the same directory + rename."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  tmp = f'{path}.tmp-{os.getpid()}'
-  try:
-    with open(tmp, 'w', encoding='utf-8') as f:
-      for record in records:
-        f.write(json.dumps(record) + '\n')
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  atomic.write_text(path, ''.join(json.dumps(record) + '\n' for record in records))
 
 
 def _define_cli_flags() -> None:

@@ -15,9 +15,9 @@ the quality filter refused it). The last line is a summary,
 
 import collections
 import json
-import os
-import tempfile
 from typing import Any, Iterable
+
+from bgmat import atomic
 
 ACTIONS = ('skipped', 'converted', 'dropped')
 
@@ -74,20 +74,8 @@ class Report:
 
 
 def write_text_atomic(path: str, text: str) -> None:
-  """Writes `text` to a temporary file beside `path`, then renames it onto `path`."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  handle, tmp_path = tempfile.mkstemp(prefix='.tmp-', dir=directory)
-  try:
-    with os.fdopen(handle, 'w', encoding='utf-8') as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp_path, path)
-  except BaseException:
-    if os.path.exists(tmp_path):
-      os.unlink(tmp_path)
-    raise
+  """Writes `text` to `path` atomically, flushed to disk (`bgmat.atomic`)."""
+  atomic.write_text(path, text, fsync=True)
 
 
 def read_report(path: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
