@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # the release that pins that torch (pip would otherwise pull CUDA wheels).
 TORCH_PINS := torch==2.13.0 torchvision==0.28.0
 
-.PHONY: install install-test demo test study clean
+.PHONY: install install-test demo test test-quick study clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ demo: install
 
 test: install-test
 	$(PY) -m pytest -q tests
+
+# Everything except the tests that train models (`slow`, tests/conftest.py).
+test-quick: install-test
+	$(PY) -m pytest -q -m 'not slow' tests
 
 # The real-portrait study (README "The study"): data from DATA (never
 # committed), both stages in their variants and seeds, baselines, peer, report.

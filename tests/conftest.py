@@ -1,6 +1,13 @@
 """Test set-up: 4 forced CPU devices so sharded code paths run on any machine,
-a persistent compilation cache so repeated identical jits compile once, and a
-tiny synthetic data set built once per session."""
+a persistent compilation cache so repeated identical jits compile once, a
+tiny synthetic data set built once per session, and the `slow` marker.
+
+`slow`: the test trains a model (calls `train.train_and_evaluate` / `bgmat.main`,
+or uses a fixture that does: TRAINING_FIXTURES) or otherwise runs for tens of
+seconds here. `make test` runs everything; `make test-quick` (pytest -m 'not
+slow') the rest. Tests that train in their own body carry `@pytest.mark.slow`
+(or a module `pytestmark`); fixture users are marked here, so a new test that
+uses a trained run is slow without anyone remembering to say so."""
 import os
 import tempfile
 
@@ -14,6 +21,23 @@ import pytest  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-po
 jax.config.update('jax_compilation_cache_dir',
                   os.path.join(tempfile.gettempdir(), 'bgmat_test_jax_cache'))
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+
+
+# Module- or session-scoped fixtures that train a run.
+TRAINING_FIXTURES = frozenset({'matting_workdir', 'loaded_remover', 'tiny_runs',
+                               'preseg_workdir'})
+
+
+def pytest_configure(config):
+  config.addinivalue_line('markers', 'slow: trains a model or runs for tens of seconds '
+                          "(deselect with -m 'not slow'; conftest.py)")
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  for item in items:
+    if TRAINING_FIXTURES & set(getattr(item, 'fixturenames', ())):
+      item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope='session')

@@ -32,6 +32,7 @@ def test_xla_flops_reads_both_cost_analysis_forms():
   assert step_bench.xla_flops(Listed()) == 12.0
 
 
+@pytest.mark.slow
 def test_train_step_bench_tiny_with_peer(tmp_path, capsys):
   pytest.importorskip('segmentation_models_pytorch')
   out = tmp_path / 'table.md'
@@ -51,6 +52,7 @@ def test_train_step_bench_tiny_with_peer(tmp_path, capsys):
   assert out.read_text().startswith('`python -m bench.train_step --preset tiny')
 
 
+@pytest.mark.slow
 def test_input_pipeline_bench_tiny(tmp_path, capsys):
   pipeline_bench.main(['--size', '32', '--num_train', '8', '--batch', '4', '--batches', '2',
                        '--workers', '0', '--config_size', 'tiny', '--no_step',
@@ -63,6 +65,7 @@ def test_input_pipeline_bench_tiny(tmp_path, capsys):
   assert (tmp_path / 'p.md').exists()
 
 
+@pytest.mark.slow
 def test_preseg_infer_bench_tiny_with_peer(tmp_path, capsys):
   pytest.importorskip('segmentation_models_pytorch')
   from bench import preseg_infer  # pylint: disable=g-import-not-at-top

@@ -19,6 +19,9 @@ from bgmat import train
 from bgmat import writers
 from tests import test_multihost as runs
 
+# Every test here trains (tests/conftest.py: slow).
+pytestmark = pytest.mark.slow
+
 
 def _checkpoint_steps(workdir):
   directory = os.path.join(workdir, 'checkpoints')

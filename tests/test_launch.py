@@ -96,6 +96,7 @@ def test_local_runs_all_processes_and_returns_a_failure(tmp_path):
       f'--num_processes 2 --process_id {i}' for i in range(2)]
 
 
+@pytest.mark.slow
 def test_local_interrupt_stops_the_processes(tmp_path):
   python = _stub(tmp_path / 'python', f'echo $$ > {shlex.quote(str(tmp_path))}/pid."${{*: -1}}"\n'
                  'exec sleep 60\n')

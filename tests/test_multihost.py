@@ -16,11 +16,15 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from bgmat import checkpointing
 from bgmat import train
 from bgmat import writers
 import configs.preseg as preseg_configs
+
+# Every test here trains (tests/conftest.py: slow).
+pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Per-step logs; checkpoints at 2, 4, 6; a short run. Adam's eps is raised

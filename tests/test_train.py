@@ -44,6 +44,7 @@ def _run_step(config, batch, devices):
   return sharding.to_host(state), sharding.to_host(metrics)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('stage', ['preseg', 'matting'])
 def test_sharded_step_equals_unsharded(stage, tiny_data):
   if stage == 'preseg':
@@ -83,6 +84,7 @@ def _train_losses(workdir):
           if 'train/loss' in r]
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_and_matches(tiny_data, tmp_path):
   full_dir, cut_dir = str(tmp_path / 'full'), str(tmp_path / 'cut')
   full = train.train_and_evaluate(_tiny_preseg(tiny_data), full_dir)
@@ -131,6 +133,7 @@ def test_init_from_converted_encoder(tmp_path):
                                 sharding.to_host(state['params'])['logits']['kernel'])
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_state(tiny_data, tmp_path):
   """config.dtype='bfloat16': bf16 activations, float32 params / optimizer
   state, finite float32 losses."""
