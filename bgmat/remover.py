@@ -410,13 +410,15 @@ def _to_u8(x: np.ndarray) -> np.ndarray:
 
 
 # Folder batching, naming and writing live in `bgmat.remove_run`; these names
-# stay importable from here (`remover.process_inputs`, ...).
-from bgmat.remove_run import IMAGE_EXTENSIONS  # noqa: E402,F401  pylint: disable=g-import-not-at-top,wrong-import-position
-from bgmat.remove_run import OutputError  # noqa: E402,F401  pylint: disable=g-import-not-at-top,wrong-import-position
-from bgmat.remove_run import Summary  # noqa: E402,F401  pylint: disable=g-import-not-at-top,wrong-import-position
-from bgmat.remove_run import expand_inputs  # noqa: E402,F401  pylint: disable=g-import-not-at-top,wrong-import-position
-from bgmat.remove_run import prepare_output  # noqa: E402,F401  pylint: disable=g-import-not-at-top,wrong-import-position
-from bgmat.remove_run import process_inputs  # noqa: E402,F401  pylint: disable=g-import-not-at-top,wrong-import-position
-from bgmat.remove_run import remove_files  # noqa: E402,F401  pylint: disable=g-import-not-at-top,wrong-import-position
-from bgmat.remove_run import save_image_atomic  # noqa: E402,F401  pylint: disable=g-import-not-at-top,wrong-import-position
-from bgmat.remove_run import save_png_atomic  # noqa: E402,F401  pylint: disable=g-import-not-at-top,wrong-import-position
+# stay importable from here (`remover.process_inputs`, ...). Resolved on first
+# use (PEP 562), so that either module can be imported first.
+_FROM_REMOVE_RUN = frozenset({
+    'IMAGE_EXTENSIONS', 'OutputError', 'Summary', 'expand_inputs', 'prepare_output',
+    'process_inputs', 'remove_files', 'save_image_atomic', 'save_png_atomic'})
+
+
+def __getattr__(name: str):
+  if name in _FROM_REMOVE_RUN:
+    from bgmat import remove_run  # pylint: disable=g-import-not-at-top
+    return getattr(remove_run, name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

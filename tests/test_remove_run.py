@@ -294,3 +294,17 @@ def test_api_takes_paths(remover, tmp_path):
   np.testing.assert_array_equal(remover.alpha(path),
                                 remover.alpha(np.asarray(Image.open(path))))
   assert remover(path).shape == (16, 20, 4)
+
+
+def test_either_module_imports_first():
+  """remove_run and remover import each other; neither order may fail."""
+  for first in ('bgmat.remove_run', 'bgmat.remover'):
+    code = f'import {first}; from bgmat import remover; remover.process_inputs'
+    subprocess.run([sys.executable, '-c', code], check=True, capture_output=True)
+
+
+def test_freed_heap_is_returned_without_error():
+  from bgmat import remove_run  # pylint: disable=g-import-not-at-top
+  remove_run._return_freed_memory()  # pylint: disable=protected-access
+  remove_run._return_freed_memory()  # pylint: disable=protected-access  (resolved once)
+  assert remove_run._MALLOC_TRIM[0] is not None  # pylint: disable=protected-access
