@@ -51,7 +51,10 @@ its multipart parsing spools uploads over 1 MB to temporary files; and its
 inference runs in worker processes that shutdown terminates (`terminate`, then
 `kill`) rather than drains. Each of these would need its request path
 replaced. uvicorn and Starlette (FastAPI's base) are the maintained ASGI
-server and toolkit; the batching is ~100 lines below, fully tested.
+server and toolkit; the batching layer (`Batcher`) is ~80 lines below.
+
+Scaling past one machine: one `bgmat serve` per device, behind any HTTP load
+balancer (health checks on /healthz, a 503 retried elsewhere); notes/serve.md.
 """
 
 import asyncio
