@@ -269,6 +269,21 @@ def test_full_queue_answers_503(server):
   assert status == 200
 
 
+def test_request_timeout_answers_504(tmp_path):
+  """An upload that stops half-way is answered 504 after --request-timeout
+  (the time runs from admission, so slow clients cannot hold a slot)."""
+  srv = Server(str(tmp_path), '--request-timeout', '2', '--log-level', 'warning')
+  try:
+    stalled = HalfSent(srv, _photo_bytes())
+    response = stalled.connection.getresponse()
+    assert response.status == 504
+    assert json.loads(response.read())['error'] == 'timeout'
+    stalled.connection.close()
+    assert get(srv.url + '/healthz')[0] == 200
+  finally:
+    srv.stop()
+
+
 def test_sigterm_finishes_in_flight_requests(server, reference):
   """Runs last (it stops the module's server)."""
   photo = _photo_bytes(seed=3)
