@@ -8,6 +8,10 @@
       [--max-pixels N] [--keep-transparency]
   bgmat export --workdir RUNS/matting --out FILE [--platforms cpu,cuda] [--size N]
       [--bucket-sides 256,512,...]
+  bgmat serve (--workdir RUNS/matting | --model FILE) [--host 127.0.0.1] [--port 8000]
+      [--max-batch-size 8] [--batch-timeout 0.01] [--max-queue 64]
+      [--max-upload-bytes N] [--max-pixels N] [--request-timeout 60]
+      [--size N] [--max-side N] [--bucket-sides 256,512,...]
   bgmat demo [--out DIR]
 
 Formats: rgba (PNG, default), alpha (greyscale PNG), foreground (RGB PNG of
@@ -114,6 +118,37 @@ def _positive(text: str) -> int:
   return value
 
 
+def _serve(args) -> int:
+  from bgmat import serve  # pylint: disable=g-import-not-at-top
+  from bgmat import remover as remove  # pylint: disable=g-import-not-at-top
+  limits = serve.Limits(max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels,
+                        request_timeout=args.request_timeout, max_queue=args.max_queue,
+                        max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout)
+  options = dict(buckets=_buckets(args.bucket_sides), max_side=args.max_side,
+                 max_pixels=args.max_pixels)
+  if args.random_preset:
+    remover = serve.random_remover(args.random_preset, seed=args.seed, **options)
+    describe = f'random {args.random_preset} (seed {args.seed}; tests only)'
+  elif args.model:
+    remover = remove.Remover.from_export(args.model, **options)
+    describe = args.model
+  else:
+    remover = remove.Remover.from_workdir(args.workdir, working_size=args.size, **options)
+    describe = args.workdir
+  serve.run(remover, args.host, args.port, limits, describe, log_level=args.log_level)
+  return 0
+
+
+def _positive_float(text: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    value = 0.0
+  if not value > 0:
+    raise argparse.ArgumentTypeError(f'{text!r}: expected a positive number of seconds')
+  return value
+
+
 def _demo(args) -> int:
   from bgmat import demo  # pylint: disable=g-import-not-at-top
   demo.run(args.out, data_dir=args.data_dir)
@@ -174,12 +209,43 @@ def main(argv=None) -> int:
                  help='Default matting buckets named in the file (the model itself '
                  'takes any multiple of 32).')
   p.set_defaults(fn=_export)
+  p = sub.add_parser('serve', help='Serve background removal over HTTP (bgmat.serve).')
+  model = p.add_mutually_exclusive_group(required=True)
+  model.add_argument('--workdir', help='A trained matting run.')
+  model.add_argument('--model', help='A `bgmat export` file.')
+  # Random weights of a config preset: for tests and benchmarks, not for users.
+  model.add_argument('--random-preset', choices=('tiny', 'demo'), help=argparse.SUPPRESS)
+  p.add_argument('--seed', type=int, default=0, help=argparse.SUPPRESS)
+  p.add_argument('--host', default='127.0.0.1',
+                 help='Address to listen on (0.0.0.0: all interfaces).')
+  p.add_argument('--port', type=int, default=8000)
+  p.add_argument('--max-batch-size', type=_positive, default=8,
+                 help='Photos run through the model together (1: no batching).')
+  p.add_argument('--batch-timeout', type=float, default=0.01,
+                 help='Seconds to wait for more photos after the first of a batch.')
+  p.add_argument('--max-queue', type=_positive, default=64,
+                 help='Requests in the server at once; more are answered 503.')
+  p.add_argument('--max-upload-bytes', type=_positive, default=20 * 1024 * 1024,
+                 help='Largest request body (413 above; default 20 MiB).')
+  p.add_argument('--max-pixels', type=_positive, default=40_000_000,
+                 help='Largest photo in pixels, checked on its header (413 above, as a '
+                 'possible decompression bomb; default 40000000).')
+  p.add_argument('--request-timeout', type=_positive_float, default=60.0,
+                 help='Seconds to answer a request (504 after).')
+  p.add_argument('--size', type=int, default=None,
+                 help='Working size (default: training size; not with --model).')
+  p.add_argument('--max-side', type=_positive, default=None,
+                 help='Cap on the matting long side; the alpha is resized back.')
+  p.add_argument('--bucket-sides', type=_sides, default=None,
+                 help='Long sides of the matting shape buckets (as bgmat remove).')
+  p.add_argument('--log-level', default='info', choices=('debug', 'info', 'warning', 'error'))
+  p.set_defaults(fn=_serve)
   p = sub.add_parser('demo', help='Build data, train both stages, evaluate, cut out a photo.')
   p.add_argument('--out', default='demo_out', help='Where everything goes.')
   p.add_argument('--data_dir', default=None, help='Data directory (default: OUT/data).')
   p.set_defaults(fn=_demo)
   args = parser.parse_args(argv)
-  if args.command == 'remove' and args.model and args.size:
+  if args.command in ('remove', 'serve') and args.model and args.size:
     parser.error('--size is fixed by the exported model; leave it out with --model')
   return args.fn(args)
 
