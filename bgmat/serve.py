@@ -54,7 +54,7 @@ replaced. uvicorn and Starlette (FastAPI's base) are the maintained ASGI
 server and toolkit; the batching layer (`Batcher`) is ~80 lines below.
 
 Scaling past one machine: one `bgmat serve` per device, behind any HTTP load
-balancer (health checks on /healthz, a 503 retried elsewhere); notes/serve.md.
+balancer (health checks on /healthz, a 503 retried elsewhere); README, "Serving over HTTP".
 """
 
 import asyncio
