@@ -184,6 +184,7 @@ def smp_state_dict():
   return m.state_dict()
 
 
+@pytest.mark.slow
 def test_smp_checkpoint_files(tmp_path, smp_state_dict):
   import torch
   from safetensors.torch import save_file

@@ -27,6 +27,9 @@ import pytest
 
 from bgmat import serve
 
+# Every test here starts server processes (tests/conftest.py: slow).
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_UPLOAD = 300_000
 MAX_PIXELS = 1_000_000

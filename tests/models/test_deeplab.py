@@ -127,6 +127,7 @@ def test_bfloat16_deeplab_tiny():
 # Data parallel: batch sharded over 4 CPU devices == unsharded.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['deeplabv3plus_tiny', 'deeplabv3plus_tiny_improved'])
 def test_sharded_forward_backward_matches_unsharded(name):
   """Batch sharded over 4 devices == unsharded, computed in float64.
@@ -199,6 +200,7 @@ def test_sharded_forward_backward_matches_unsharded(name):
 # Parity with segmentation_models_pytorch (head='smp').
 
 
+@pytest.mark.slow
 def test_smp_parity():
   smp = pytest.importorskip('segmentation_models_pytorch')
   pytest.importorskip('timm')
