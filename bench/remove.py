@@ -56,7 +56,8 @@ def _random_demo_remover(buckets) -> remover_lib.Remover:
                                           buckets=buckets)
 
 
-def _photo(height: int, width: int, seed: int) -> np.ndarray:
+def synthetic_photo(height: int, width: int, seed: int) -> np.ndarray:
+  """(height, width, 3) uint8: a gradient with seeded noise (times do not depend on content)."""
   yy, xx = np.mgrid[:height, :width]
   base = np.stack([yy * 255 // height, xx * 255 // width, (yy + xx) % 256], axis=-1)
   noise = np.random.default_rng(seed).integers(0, 40, size=(height, width, 3))
@@ -64,7 +65,7 @@ def _photo(height: int, width: int, seed: int) -> np.ndarray:
 
 
 def _latency(remover, size: int, repeats: int) -> tuple[float, float, str]:
-  image = _photo(size, size, size)
+  image = synthetic_photo(size, size, size)
   start = time.perf_counter()
   remover.alpha(image)
   first = time.perf_counter() - start
@@ -101,7 +102,7 @@ def _memory(remover, count: int, batch_size: int,
     os.makedirs(src)
     for i in range(count):
       height, width = sizes[i]
-      Image.fromarray(_photo(height, width, i)).save(os.path.join(src, f'{i:05d}.jpg'),
+      Image.fromarray(synthetic_photo(height, width, i)).save(os.path.join(src, f'{i:05d}.jpg'),
                                                      quality=90)
 
     def sample(line):

@@ -35,10 +35,15 @@ import tempfile
 import time
 import urllib.request
 
-import numpy as np
 from PIL import Image
 
+from bench import remove as remove_bench
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The benchmark's servers share one JAX compilation cache across runs.
+BENCH_ENV = {key: os.environ.get(key, default) for key, default in (
+    ('JAX_COMPILATION_CACHE_DIR', os.path.join(tempfile.gettempdir(), 'bgmat_bench_jax_cache')),
+    ('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5'))}
 
 
 def _machine() -> str:
@@ -55,45 +60,55 @@ def _loadavg() -> str:
   return ' '.join(f'{x:.2f}' for x in os.getloadavg())
 
 
-def _photo(height: int, width: int, seed: int) -> bytes:
-  rng = np.random.default_rng(seed)
-  yy, xx = np.mgrid[:height, :width]
-  pixels = np.stack([yy * 255 // height, xx * 255 // width, (yy + xx) % 256], -1)
-  pixels = np.clip(pixels + rng.integers(0, 40, (height, width, 3)), 0, 255).astype(np.uint8)
+def photo_bytes(height: int, width: int, seed: int = 0, fmt: str = 'PNG') -> bytes:
+  """`bench.remove.synthetic_photo`, encoded as `fmt`."""
   buffer = io.BytesIO()
-  Image.fromarray(pixels).save(buffer, format='PNG')
+  Image.fromarray(remove_bench.synthetic_photo(height, width, seed)).save(buffer, format=fmt)
   return buffer.getvalue()
 
 
 class Server:
-  """`bgmat serve --random-preset PRESET FLAGS` in a subprocess (stopped by SIGTERM)."""
+  """`bgmat serve --random-preset PRESET --seed SEED FLAGS` in a subprocess on a free
+  port of 127.0.0.1, its output in `log_path`; stopped by SIGTERM.
 
-  def __init__(self, preset: str, flags: list[str], log_path: str, startup_limit: float = 900):
+  Used by this benchmark and by tests/test_serve.py. `env`: variables added to
+  this process's environment (e.g. a JAX compilation cache to share).
+
+  Raises:
+    RuntimeError: the server exited, or did not answer /healthz within
+      `startup_limit` seconds (the message holds the end of its log).
+  """
+
+  def __init__(self, log_path: str, flags=(), preset: str = 'tiny', seed: int = 0,
+               env: dict[str, str] | None = None, startup_limit: float = 900):
     with socket.socket() as s:
       s.bind(('127.0.0.1', 0))
       self.port = s.getsockname()[1]
     self.url = f'http://127.0.0.1:{self.port}'
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    env.setdefault('JAX_COMPILATION_CACHE_DIR',
-                   os.path.join(tempfile.gettempdir(), 'bgmat_bench_jax_cache'))
-    env.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
+    self.log_path = log_path
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''),
+               **(env or {}))
     self._log = open(log_path, 'wb')
     self.process = subprocess.Popen(
         [sys.executable, '-m', 'bgmat.cli', 'serve', '--random-preset', preset,
-         '--port', str(self.port), '--log-level', 'warning', *flags],
+         '--seed', str(seed), '--port', str(self.port), *flags],
         cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + startup_limit
-    while True:
+    while time.monotonic() < deadline:
       if self.process.poll() is not None:
-        raise SystemExit(f'server exited ({self.process.returncode}); see {log_path}')
+        raise RuntimeError(f'server exited ({self.process.returncode}): {self.log()}')
       try:
         with urllib.request.urlopen(self.url + '/healthz', timeout=5):
           return
       except OSError:
-        if time.monotonic() > deadline:
-          self.stop()
-          raise SystemExit(f'server not up within {startup_limit} s; see {log_path}')
         time.sleep(0.5)
+    self.stop()
+    raise RuntimeError(f'server not up within {startup_limit} s: {self.log()}')
+
+  def log(self) -> str:
+    """The last 4000 characters of the server's output."""
+    with open(self.log_path, 'rb') as f:
+      return f.read().decode('utf-8', 'replace')[-4000:]
 
   def metrics(self) -> dict[str, float]:
     with urllib.request.urlopen(self.url + '/metrics', timeout=60) as response:
@@ -163,7 +178,7 @@ def main(argv=None) -> None:
   parser.add_argument('--out', default=None, help='Also write the table here (markdown).')
   args = parser.parse_args(argv)
   levels = [int(c) for c in args.concurrency.split(',')]
-  photos = [_photo(args.side * 3 // 4, args.side, seed) for seed in range(8)]
+  photos = [photo_bytes(args.side * 3 // 4, args.side, seed) for seed in range(8)]
   load_before = _loadavg()
   lines = [f'Machine: {_machine()}; load average (1, 5, 15 min) {load_before} before.', '',
            f'`bgmat serve --random-preset {args.preset}` (random weights), '
@@ -176,8 +191,9 @@ def main(argv=None) -> None:
   with tempfile.TemporaryDirectory() as logs:
     for batching, flags in (('on (max 8)', ['--max-batch-size', '8', '--batch-timeout', '0.005']),
                             ('off', ['--max-batch-size', '1'])):
-      server = Server(args.preset, flags + ['--max-queue', '256'],
-                      os.path.join(logs, f'serve-{len(lines)}.log'))
+      server = Server(os.path.join(logs, f'serve-{len(lines)}.log'),
+                      ['--log-level', 'warning', *flags, '--max-queue', '256'],
+                      preset=args.preset, env=BENCH_ENV)
       try:
         # Warm-up: every padded batch size (1, 2, 4, 8) compiles here, not in a row.
         for concurrency in sorted({1, 2, 3, 4, 6, 8} | set(levels)):

@@ -12,9 +12,6 @@ import io
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -25,6 +22,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from bench import serve as serve_bench
 from bgmat import serve
 
 # Every test here starts server processes (tests/conftest.py: slow).
@@ -38,64 +36,16 @@ STARTUP_LIMIT = 600  # Seconds; the first start compiles the random init (minute
 REQUEST_LIMIT = 300
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
+# conftest.py's compilation cache, so the servers reuse this process's compiles.
+SERVER_ENV = {'JAX_COMPILATION_CACHE_DIR': os.path.join(tempfile.gettempdir(),
+                                                         'bgmat_test_jax_cache'),
+              'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0.5', 'JAX_PLATFORMS': 'cpu'}
 
 
-def _photo_bytes(height=60, width=80, seed=0, fmt='PNG') -> bytes:
-  rng = np.random.default_rng(seed)
-  yy, xx = np.mgrid[:height, :width]
-  pixels = np.stack([yy * 255 // height, xx * 255 // width, (yy + xx) % 256], -1)
-  pixels = np.clip(pixels + rng.integers(0, 40, (height, width, 3)), 0, 255).astype(np.uint8)
-  buffer = io.BytesIO()
-  Image.fromarray(pixels).save(buffer, format=fmt)
-  return buffer.getvalue()
-
-
-class Server:
-  """`bgmat serve --random-preset tiny` in a subprocess, its log in a file."""
-
-  def __init__(self, log_dir: str, *flags: str):
-    self.port = _free_port()
-    self.url = f'http://127.0.0.1:{self.port}'
-    self.log_path = os.path.join(log_dir, f'serve-{self.port}.log')
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''),
-               # conftest.py's compilation cache, so the server reuses this process's compiles.
-               JAX_COMPILATION_CACHE_DIR=os.path.join(tempfile.gettempdir(), 'bgmat_test_jax_cache'),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0.5', JAX_PLATFORMS='cpu')
-    self._log = open(self.log_path, 'wb')
-    self.process = subprocess.Popen(
-        [sys.executable, '-m', 'bgmat.cli', 'serve', '--random-preset', 'tiny', '--seed', '0',
-         '--port', str(self.port), *flags], cwd=REPO, env=env, stdout=self._log,
-        stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + STARTUP_LIMIT
-    while time.monotonic() < deadline:
-      if self.process.poll() is not None:
-        raise RuntimeError(f'server exited ({self.process.returncode}): {self.log()}')
-      try:
-        if get(self.url + '/healthz', timeout=5)[0] == 200:
-          return
-      except OSError:
-        pass
-      time.sleep(0.5)
-    self.stop()
-    raise RuntimeError(f'server not up within {STARTUP_LIMIT} s: {self.log()}')
-
-  def log(self) -> str:
-    with open(self.log_path, 'rb') as f:
-      return f.read().decode('utf-8', 'replace')[-4000:]
-
-  def stop(self) -> None:
-    if self.process.poll() is None:
-      self.process.send_signal(signal.SIGTERM)
-      try:
-        self.process.wait(60)
-      except subprocess.TimeoutExpired:
-        self.process.kill()
-        self.process.wait()
-    self._log.close()
+def start_server(log_dir: str, *flags: str) -> serve_bench.Server:
+  """`bgmat serve --random-preset tiny --seed 0 FLAGS`, its log in `log_dir`."""
+  return serve_bench.Server(os.path.join(log_dir, f'serve-{uuid.uuid4().hex[:8]}.log'), flags,
+                            preset='tiny', seed=0, env=SERVER_ENV, startup_limit=STARTUP_LIMIT)
 
 
 def get(url: str, timeout: float = REQUEST_LIMIT) -> tuple[int, bytes]:
@@ -136,7 +86,7 @@ def decode(body: bytes) -> np.ndarray:
 
 @pytest.fixture(scope='module')
 def server(tmp_path_factory):
-  srv = Server(str(tmp_path_factory.mktemp('serve')), '--max-batch-size', '4',
+  srv = start_server(str(tmp_path_factory.mktemp('serve')), '--max-batch-size', '4',
                '--batch-timeout', '0.05', '--max-upload-bytes', str(MAX_UPLOAD),
                '--max-pixels', str(MAX_PIXELS), '--max-queue', str(MAX_QUEUE),
                '--log-level', 'info')
@@ -150,7 +100,7 @@ def reference():
 
 
 def test_cutout_equals_remover(server, reference):
-  photo = _photo_bytes()
+  photo = serve_bench.photo_bytes(60, 80)
   body, content_type = multipart({'format': 'rgba'}, photo)
   status, media, out = post(server.url + '/api/remove', body, content_type)
   assert (status, media) == (200, 'image/png'), out[:300]
@@ -176,8 +126,8 @@ def _bomb() -> bytes:
 
 
 def test_bad_uploads_refused_while_good_ones_succeed(server, reference):
-  good = [_photo_bytes(seed=s) for s in range(4)]
-  jpeg = _photo_bytes(120, 160, fmt='JPEG')
+  good = [serve_bench.photo_bytes(60, 80, seed=s) for s in range(4)]
+  jpeg = serve_bench.photo_bytes(120, 160, fmt='JPEG')
   bad = {
       'decompression_bomb': (_bomb(), 413),
       'unreadable': (jpeg[:len(jpeg) // 2], 422),   # Truncated.
@@ -259,7 +209,7 @@ class HalfSent:
 
 
 def test_full_queue_answers_503(server):
-  photo = _photo_bytes(seed=7)
+  photo = serve_bench.photo_bytes(60, 80, seed=7)
   held = [HalfSent(server, photo) for _ in range(MAX_QUEUE)]
   _wait_for(lambda: _metric(server, 'bgmat_requests_in_server') == MAX_QUEUE,
             f'{MAX_QUEUE} requests in the server')
@@ -275,9 +225,9 @@ def test_full_queue_answers_503(server):
 def test_request_timeout_answers_504(tmp_path):
   """An upload that stops half-way is answered 504 after --request-timeout
   (the time runs from admission, so slow clients cannot hold a slot)."""
-  srv = Server(str(tmp_path), '--request-timeout', '2', '--log-level', 'warning')
+  srv = start_server(str(tmp_path), '--request-timeout', '2', '--log-level', 'warning')
   try:
-    stalled = HalfSent(srv, _photo_bytes())
+    stalled = HalfSent(srv, serve_bench.photo_bytes(60, 80))
     response = stalled.connection.getresponse()
     assert response.status == 504
     assert json.loads(response.read())['error'] == 'timeout'
@@ -289,7 +239,7 @@ def test_request_timeout_answers_504(tmp_path):
 
 def test_sigterm_finishes_in_flight_requests(server, reference):
   """Runs last (it stops the module's server)."""
-  photo = _photo_bytes(seed=3)
+  photo = serve_bench.photo_bytes(60, 80, seed=3)
   held = [HalfSent(server, photo) for _ in range(2)]
   _wait_for(lambda: _metric(server, 'bgmat_requests_in_server') == 2, '2 requests in the server')
   server.process.send_signal(signal.SIGTERM)
