@@ -89,9 +89,8 @@ def write_export(path: str, functions: dict[str, jax.export.Exported], working_s
       **(extra or {}),
   }
   _require_flatbuffers()
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  def write(tmp):
+
+  def write(tmp):  # atomic.write_with creates the folder.
     # Stored, not deflated: the modules are mostly float constants.
     with zipfile.ZipFile(tmp, 'w', compression=zipfile.ZIP_STORED) as zf:
       zf.writestr(HEADER, json.dumps(header, indent=1))

@@ -25,6 +25,7 @@ import collections
 import concurrent.futures
 import ctypes
 import dataclasses
+import functools
 import glob
 import os
 import re
@@ -500,18 +501,18 @@ def _return_freed_memory() -> None:
   keeps freed pages mapped, so RSS would only grow over a folder. A no-op where
   the C library has no `malloc_trim` (musl, macOS, Windows).
   """
-  trim = _MALLOC_TRIM[0]
-  if trim is None:
-    try:
-      trim = ctypes.CDLL(None).malloc_trim
-    except (AttributeError, OSError):
-      trim = False
-    _MALLOC_TRIM[0] = trim
-  if trim:
+  trim = _malloc_trim()
+  if trim is not None:
     trim(0)
 
 
-_MALLOC_TRIM: list = [None]  # The resolved function, False where there is none.
+@functools.cache
+def _malloc_trim():
+  """The C library's `malloc_trim`, or None where there is none (resolved once)."""
+  try:
+    return ctypes.CDLL(None).malloc_trim
+  except (AttributeError, OSError):
+    return None
 
 
 def remove_files(remover, paths: Sequence[str], out_dir: str, *,

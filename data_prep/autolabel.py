@@ -274,10 +274,6 @@ def _label_job(image, coarse, trimap_fraction, max_side, binarize):
   return label, None, time.perf_counter() - start
 
 
-def _write_json_atomic(record: dict, path: str) -> None:
-  atomic.write_json(path, record)
-
-
 def run(images_dir: str, mask_source, out_dir: str, report_path: str | None = None, *,
         trimap_fraction: float = DEFAULT_TRIMAP_FRACTION, max_side: int = DEFAULT_MAX_SIDE,
         binarize: bool = False, fg_format: str = 'png', workers: int = 1,
@@ -327,7 +323,7 @@ def run(images_dir: str, mask_source, out_dir: str, report_path: str | None = No
                   'seconds': round(seconds + solve_seconds + time.perf_counter() - write_start,
                                    3)}
         # The meta file last: its presence means the label is complete.
-        _write_json_atomic(record, os.path.join(dirs['meta'], f'{stem}.json'))
+        atomic.write_json(os.path.join(dirs['meta'], f'{stem}.json'), record)
         record = {**record, 'status': 'labelled'}
     counts[record['status']] += 1
     report.write(json.dumps(record) + '\n')
@@ -597,7 +593,7 @@ def main(argv):
         solve_sides=tuple(int(v) for v in FLAGS.eval_solve_sides),
         seeds=FLAGS.eval_seeds, trimap_name=FLAGS.eval_trimap)
     if FLAGS.eval_out:
-      _write_json_atomic(result, FLAGS.eval_out)
+      atomic.write_json(FLAGS.eval_out, result)
     print(alphamatting_table(result))
     best = {k: v for k, v in result['best'].items() if not k.endswith('_values')}
     print(json.dumps({'best': best, 'num_images': result['num_images'],
