@@ -106,7 +106,15 @@ def _open(source: Any, name: str, max_pixels: int) -> tuple[Image.Image, int]:
 
 def open_image(path: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
   """Opens and fully decodes `path` (mode and EXIF as stored; the first frame
-  of an animation); raises ImageReadError for anything unusable."""
+  of an animation); raises ImageReadError for anything unusable. A URI
+  (gs://, s3://, ...) is read through etils.epath (the data builders on Beam)."""
+  if '://' in str(path):
+    from etils import epath  # pylint: disable=g-import-not-at-top
+    try:
+      data = epath.Path(path).read_bytes()
+    except FileNotFoundError as e:
+      raise ImageReadError(str(path), 'missing', 'no such file') from e
+    return _open(io.BytesIO(data), str(path), max_pixels)[0]
   return _open(path, str(path), max_pixels)[0]
 
 

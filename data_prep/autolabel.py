@@ -69,6 +69,7 @@ import tqdm
 
 from bgmat import atomic
 from bgmat import trimap as trimap_lib
+from data_prep import fileio
 from data_prep import quality
 
 CERTAIN_BG = 25
@@ -216,16 +217,20 @@ class FolderMasks:
   """Masks from files with the photo's stem (any image extension, PNG first)."""
 
   def __init__(self, folder: str):
-    if not os.path.isdir(folder):
+    if not fileio.isdir(folder):
       raise ValueError(f'--masks {folder}: not a folder')
     self.folder = folder
     self._index = quality.index_by_stem(folder)
 
-  def __call__(self, stem: str, image: np.ndarray) -> np.ndarray:
+  def path_of(self, stem: str) -> str:
+    """The mask file of `stem`; raises LabelError when there is none."""
     path = self._index.get(stem)
     if path is None:
       raise LabelError(f'no mask named {stem}.* in {self.folder}')
-    return quality.load_mask(path, image.shape[:2])
+    return path
+
+  def __call__(self, stem: str, image: np.ndarray) -> np.ndarray:
+    return quality.load_mask(self.path_of(stem), image.shape[:2])
 
 
 class PresegMasks:
@@ -274,6 +279,151 @@ def _label_job(image, coarse, trimap_fraction, max_side, binarize):
   return label, None, time.perf_counter() - start
 
 
+_SCORES = ('confidence', 'edge', 'decisive', 'band', 'unknown_fraction')
+
+
+def _duplicate_record(name: str, stem: str) -> dict:
+  return {'file': name, 'status': 'skipped',
+          'error': f'another photo has the stem {stem!r}; rename one'}
+
+
+def resumed_record(out_dir: str, stem: str, fg_format: str) -> dict | None:
+  """The report record of a label a previous run completed (its meta file,
+  alpha and fg all exist), or None."""
+  meta_path = fileio.join(out_dir, 'meta', f'{stem}.json')
+  if (fileio.exists(meta_path) and fileio.exists(fileio.join(out_dir, 'alpha', f'{stem}.png'))
+      and fileio.exists(fileio.join(out_dir, 'fg', f'{stem}.{fg_format}'))):
+    return {**json.loads(fileio.read_text(meta_path)), 'status': 'resumed'}
+  return None
+
+
+def write_label(out_dir: str, name: str, stem: str, label: dict, fg_format: str,
+                seconds: float) -> dict:
+  """Writes alpha/<stem>.png, fg/<stem>.<fg_format> and, last, meta/<stem>.json
+  (each atomically; `out_dir` may be a URI); returns the report record.
+  `seconds`: time spent on this photo before writing."""
+  from bgmat import remover  # pylint: disable=g-import-not-at-top
+  write_start = time.perf_counter()
+  alpha_rel, fg_rel = f'alpha/{stem}.png', f'fg/{stem}.{fg_format}'
+  for array, rel in ((label['alpha'], alpha_rel), (label['fg'], fg_rel)):
+    path = fileio.join(out_dir, rel)
+    if fileio.is_uri(path):
+      fileio.write_with(path, lambda tmp, a=array: remover.save_image_atomic(a, tmp),
+                        suffix=os.path.splitext(rel)[1])
+    else:
+      remover.save_image_atomic(array, path)
+  record = {'file': name, 'alpha': alpha_rel, 'fg': fg_rel,
+            **{k: round(label[k], 6) for k in _SCORES},
+            'seconds': round(seconds + time.perf_counter() - write_start, 3)}
+  # The meta file last: its presence means the label is complete.
+  meta_path = fileio.join(out_dir, 'meta', f'{stem}.json')
+  if fileio.is_uri(meta_path):
+    fileio.write_text(meta_path, json.dumps(record))
+  else:
+    atomic.write_json(meta_path, record)
+  return {**record, 'status': 'labelled'}
+
+
+def summarize(records: list[dict], seconds: float) -> dict:
+  """The report's summary line of the records (one per photo) of a run."""
+  counts = collections.Counter(record['status'] for record in records)
+  return {'total': len(records), **{k: counts[k] for k in ('labelled', 'resumed', 'skipped')},
+          'seconds': round(seconds, 3),
+          'labelled_per_second': round(counts['labelled'] / max(seconds, 1e-9), 3)}
+
+
+def plan_tasks(images_dir: str, masks: FolderMasks) -> list[dict]:
+  """One task per photo of `images_dir` in name order, as `run` visits them:
+  {'position', 'path', 'name', 'stem', 'duplicate' (a stem seen before),
+  'mask' (its mask file or None), 'mask_error' (why there is none)}."""
+  tasks, seen = [], set()
+  for position, path in enumerate(quality.list_images(images_dir)):
+    stem = quality.stem_of(path)
+    try:
+      mask, mask_error = masks.path_of(stem), None
+    except LabelError as e:
+      mask, mask_error = None, str(e)
+    tasks.append({'position': position, 'path': path, 'name': os.path.basename(path),
+                  'stem': stem, 'duplicate': stem in seen, 'mask': mask,
+                  'mask_error': mask_error})
+    seen.add(stem)
+  return tasks
+
+
+def _load_photo(path: str) -> np.ndarray:
+  """(H, W, 3) uint8 photo as `remover.load_image` reads it; a URI via epath."""
+  from bgmat import image_io  # pylint: disable=g-import-not-at-top
+  from bgmat import remover  # pylint: disable=g-import-not-at-top
+  if not fileio.is_uri(path):
+    return remover.load_image(path)
+  try:
+    data = fileio.read_bytes(path)
+  except FileNotFoundError as e:
+    raise image_io.InputError(f'{path}: no such file', 'missing') from e
+  return image_io.read_photo(data, name=path).rgb
+
+
+def label_one(out_dir: str, task: dict, *, trimap_fraction: float, max_side: int,
+              binarize: bool, fg_format: str) -> tuple[dict, float | None]:
+  """One photo of `plan_tasks` as `run` does it, in the calling process (Beam
+  workers): resumed, skipped or labelled and written. Returns (report record,
+  seconds of the closed-form labelling or None when it did not run)."""
+  name, stem = task['name'], task['stem']
+  if task['duplicate']:
+    return _duplicate_record(name, stem), None
+  resumed = resumed_record(out_dir, stem, fg_format)
+  if resumed is not None:
+    return resumed, None
+  load_start = time.perf_counter()
+  try:
+    image = _load_photo(task['path'])
+    if task['mask'] is None:
+      raise LabelError(task['mask_error'])
+    coarse = quality.load_mask(task['mask'], image.shape[:2])
+  except ValueError as e:  # InputError, LabelError, unreadable or mis-sized masks.
+    return {'file': name, 'status': 'skipped', 'error': str(e)}, None
+  load_seconds = time.perf_counter() - load_start
+  label, error, solve_seconds = _label_job(image, coarse, trimap_fraction, max_side, binarize)
+  if error:
+    return {'file': name, 'status': 'skipped', 'error': error}, solve_seconds
+  return write_label(out_dir, name, stem, label, fg_format,
+                     load_seconds + solve_seconds), solve_seconds
+
+
+def run_beam(images_dir: str, masks: FolderMasks, out_dir: str, report_path: str | None = None,
+             beam_options='', *, trimap_fraction: float = DEFAULT_TRIMAP_FRACTION,
+             max_side: int = DEFAULT_MAX_SIDE, binarize: bool = False,
+             fg_format: str = 'png') -> dict:
+  """`run` as an Apache Beam pipeline (data_prep.beam_pipeline): the same files
+  and report lines (their 'seconds' aside). Folders may be URIs (gs://...).
+
+  Args:
+    images_dir, masks, out_dir, report_path, trimap_fraction, max_side, binarize,
+      fg_format: as `run` (masks from a folder only: a pre-segmentation model
+      is not shipped to the workers).
+    beam_options: pipeline options, 'key=value,...' or a list of flags
+      (beam_pipeline.pipeline_options); '' runs the local DirectRunner.
+  Returns:
+    The report's summary, plus 'beam_metrics' {name: value}.
+  """
+  from data_prep import beam_pipeline  # pylint: disable=g-import-not-at-top
+  if fg_format not in ('png', 'jpg'):
+    raise ValueError(f'fg_format must be png or jpg, got {fg_format!r}')
+  out_dir = fileio.absolute(out_dir)
+  for kind in ('alpha', 'fg', 'meta'):
+    fileio.makedirs(fileio.join(out_dir, kind))
+  report_path = fileio.absolute(report_path) if report_path else fileio.join(out_dir,
+                                                                              'report.jsonl')
+  fileio.makedirs(os.path.dirname(report_path))
+  tasks = plan_tasks(images_dir, masks)
+  settings = dict(trimap_fraction=trimap_fraction, max_side=max_side, binarize=binarize,
+                  fg_format=fg_format)
+  summary, metrics = beam_pipeline.run_autolabel(tasks, out_dir, report_path, beam_options,
+                                                 settings=settings)
+  print(beam_pipeline.format_metrics(metrics, f'autolabel {images_dir}'))
+  return {**summary, 'beam_metrics': metrics}
+
+
 def run(images_dir: str, mask_source, out_dir: str, report_path: str | None = None, *,
         trimap_fraction: float = DEFAULT_TRIMAP_FRACTION, max_side: int = DEFAULT_MAX_SIDE,
         binarize: bool = False, fg_format: str = 'png', workers: int = 1,
@@ -313,18 +463,7 @@ def run(images_dir: str, mask_source, out_dir: str, report_path: str | None = No
       if error:
         record = {'file': name, 'status': 'skipped', 'error': error}
       else:
-        write_start = time.perf_counter()
-        alpha_rel, fg_rel = f'alpha/{stem}.png', f'fg/{stem}.{fg_format}'
-        remover.save_image_atomic(label['alpha'], os.path.join(out_dir, alpha_rel))
-        remover.save_image_atomic(label['fg'], os.path.join(out_dir, fg_rel))
-        record = {'file': name, 'alpha': alpha_rel, 'fg': fg_rel,
-                  **{k: round(label[k], 6) for k in ('confidence', 'edge', 'decisive', 'band',
-                                                     'unknown_fraction')},
-                  'seconds': round(seconds + solve_seconds + time.perf_counter() - write_start,
-                                   3)}
-        # The meta file last: its presence means the label is complete.
-        atomic.write_json(os.path.join(dirs['meta'], f'{stem}.json'), record)
-        record = {**record, 'status': 'labelled'}
+        record = write_label(out_dir, name, stem, label, fg_format, seconds + solve_seconds)
     counts[record['status']] += 1
     report.write(json.dumps(record) + '\n')
     report.flush()
@@ -335,14 +474,10 @@ def run(images_dir: str, mask_source, out_dir: str, report_path: str | None = No
       seen = set()
       for path in paths:
         name, stem = os.path.basename(path), quality.stem_of(path)
-        meta_path = os.path.join(dirs['meta'], f'{stem}.json')
         if stem in seen:
-          entry = {'file': name, 'status': 'skipped',
-                   'error': f'another photo has the stem {stem!r}; rename one'}
-        elif (os.path.exists(meta_path) and os.path.exists(os.path.join(dirs['alpha'], f'{stem}.png'))
-              and os.path.exists(os.path.join(dirs['fg'], f'{stem}.{fg_format}'))):
-          with open(meta_path, encoding='utf-8') as f:
-            entry = {**json.load(f), 'status': 'resumed'}
+          entry = _duplicate_record(name, stem)
+        elif resumed_record(out_dir, stem, fg_format) is not None:
+          entry = resumed_record(out_dir, stem, fg_format)
         else:
           load_start = time.perf_counter()
           try:
@@ -360,10 +495,8 @@ def run(images_dir: str, mask_source, out_dir: str, report_path: str | None = No
           finish(report, *pending.popleft())
       while pending:
         finish(report, *pending.popleft())
-      seconds = time.perf_counter() - start
-      summary = {'total': len(paths), **{k: counts[k] for k in ('labelled', 'resumed', 'skipped')},
-                 'seconds': round(seconds, 3),
-                 'labelled_per_second': round(counts['labelled'] / max(seconds, 1e-9), 3)}
+      summary = summarize([{'status': status} for status in counts.elements()],
+                          time.perf_counter() - start)
       report.write(json.dumps({'summary': summary}) + '\n')
   finally:
     bar.close()

@@ -17,6 +17,7 @@ Unreadable, truncated, non-image and over-large (decompression bomb) files raise
 import dataclasses
 import io
 import os
+import time
 from typing import Any
 import zlib
 
@@ -275,16 +276,24 @@ def _load_background(paths: list[str], first: int, settings: Settings, notes: li
 
 
 def make_records(task: tuple[str, int, Source]) -> dict[str, Any]:
+  """`records_of` with the settings and backgrounds of `init_worker` (process pools)."""
+  return records_of(task, _WORKER['settings'], _WORKER['backgrounds'])
+
+
+def records_of(task: tuple[str, int, Source], settings: Settings,
+               backgrounds: dict[str, list[str]]) -> dict[str, Any]:
   """Encoded records, report notes and quality stats of one source.
 
   Args:
     task: (split, index of the source in its split, source).
+    settings: the build's settings.
+    backgrounds: split -> background paths (compositing layouts).
   Returns:
     {'records': [dict(image, alpha, fg, bg: bytes, name: str)], 'notes': [report
-    entries], 'stats': quality.measure(...) or None, 'error': report entry or None}.
+    entries], 'stats': quality.measure(...) or None, 'error': report entry or None};
+    'autolabel' sources also give 'label_seconds' (the closed-form solve, float).
   """
   split, index, source = task
-  settings, backgrounds = _WORKER['settings'], _WORKER['backgrounds']
   notes: list[dict] = []
   if source.kind == 'autolabel':
     return _autolabel_records(split, index, source, settings, backgrounds.get(split, []))
@@ -358,13 +367,16 @@ def _autolabel_records(split, index, source, settings, paths) -> dict[str, Any]:
     rgb, mask, notes = load_pair(source, settings)
     stats = quality.measure(rgb, mask) if settings.measure_quality else None
     rgb, mask = limit_size(rgb, mask, settings.max_side)
+    start = time.perf_counter()
     try:
       label = autolabel.label_alpha(rgb, mask, settings.trimap_fraction,
                                     settings.label_max_side or max(mask.shape),
                                     binarize=True)
     except autolabel.LabelError as e:
       return {'records': [], 'notes': notes, 'stats': stats,
-              'error': _note(source.alpha, 'autolabel', str(e), action='dropped')}
+              'error': _note(source.alpha, 'autolabel', str(e), action='dropped'),
+              'label_seconds': time.perf_counter() - start}
+    label_seconds = time.perf_counter() - start
     if stats is not None:
       stats.update({k: label[k] for k in ('confidence', 'edge', 'decisive', 'band',
                                           'unknown_fraction')})
@@ -376,7 +388,8 @@ def _autolabel_records(split, index, source, settings, paths) -> dict[str, Any]:
                 'fg': encode(fg, fmt, quality_level), 'bg': encode(bg, fmt, quality_level),
                 'name': source.id}]
     records += _composites(split, index, source, fg, alpha, alpha_png, settings, paths, notes)
-    return {'records': records, 'notes': notes, 'stats': stats, 'error': None}
+    return {'records': records, 'notes': notes, 'stats': stats, 'error': None,
+            'label_seconds': label_seconds}
   except BadInput as e:
     return {'records': [], 'notes': notes, 'stats': None,
             'error': _note(e.file, e.reason, e.detail, action='skipped')}

@@ -17,14 +17,17 @@ plus the generic layouts `natural` (--image DIR --alpha DIR), `compose`
 --mask DIR: photos with coarse binary person masks, labelled automatically by
 data_prep.autolabel, kept on their own background and composited onto --bg).
 Files pair by stem (`a.jpg` with `a.png`); anything unpaired, ambiguous or not
-an image is a report line.
+an image is a report line. Folders may be URIs (gs://, s3://: data_prep.fileio).
 """
 
+import contextlib
 import dataclasses
-import glob
 import hashlib
 import os
 
+from etils import epath
+
+from data_prep import fileio
 from data_prep.compose import Source
 
 IMAGE_EXTENSIONS = frozenset(
@@ -61,10 +64,10 @@ class Listing:
 
 def _files(folder: str) -> list[str]:
   """Regular, non-hidden files of `folder` (not recursive), sorted."""
-  if not os.path.isdir(folder):
+  if not fileio.isdir(folder):
     raise FileNotFoundError(f'{folder}: no such folder')
-  return sorted(os.path.join(folder, name) for name in os.listdir(folder)
-                if not name.startswith('.') and os.path.isfile(os.path.join(folder, name)))
+  return sorted(fileio.join(folder, name) for name in fileio.listdir(folder)
+                if not name.startswith('.') and fileio.isfile(fileio.join(folder, name)))
 
 
 def _by_stem(files: list[str], problems: list[dict]) -> dict[str, str]:
@@ -108,8 +111,11 @@ def _expand(root: str, image_rel: str, alpha_rel: str) -> list[tuple[str, str, s
   pattern_parts = image_rel.split('/')
   star = pattern_parts.index('*')
   out = []
-  for match in sorted(glob.glob(os.path.join(root, *pattern_parts[:star + 1]))):
-    if os.path.isdir(match):
+  parent = os.path.join(root, *pattern_parts[:star])
+  matches = ([os.path.join(parent, name) for name in fileio.listdir(parent)
+              if not name.startswith('.')] if fileio.isdir(parent) else [])
+  for match in sorted(matches):
+    if fileio.isdir(match):
       name = os.path.basename(match)
       out.append((os.path.join(root, image_rel.replace('*', name, 1)),
                   os.path.join(root, alpha_rel.replace('*', name, 1)), name + '/'))
@@ -168,10 +174,10 @@ def list_sources(layout: str, root: str | None = None, image_dir: str | None = N
 
 def list_backgrounds(folder: str) -> tuple[list[str], list[dict]]:
   """Image files under `folder` (recursive, sorted); others are report lines."""
-  if not os.path.isdir(folder):
+  if not fileio.isdir(folder):
     raise FileNotFoundError(f'{folder}: no such background folder')
   paths, problems = [], []
-  for directory, subdirs, names in os.walk(folder):
+  for directory, subdirs, names in fileio.walk(folder):
     subdirs[:] = sorted(d for d in subdirs if not d.startswith('.'))
     for name in sorted(names):
       path = os.path.join(directory, name)
@@ -210,8 +216,10 @@ def drop_small_backgrounds(paths: list[str], min_long_side: int, group: str
   kept, problems = [], []
   for path in paths:
     try:
-      with Image.open(path) as img:
-        width, height = img.size
+      with contextlib.ExitStack() as stack:
+        source = (stack.enter_context(epath.Path(path).open('rb')) if fileio.is_uri(path)
+                  else path)
+        width, height = stack.enter_context(Image.open(source)).size
     except Exception:  # pylint: disable=broad-except  # decoded (and reported) later
       kept.append(path)
       continue

@@ -20,7 +20,10 @@ under `min_bg_side` are dropped (report reason 'bg_too_small').
 
 Decoding, estimation and encoding run in a process pool with ordered results,
 every random choice drawn from (seed, split, index): 1 and N workers write
-byte-identical shards. Bad files never stop a build; each is a line of
+byte-identical shards. With Beam options (`--beam`, `build_matting_set(...,
+beam_options=...)`) the same per-source functions run as an Apache Beam
+pipeline instead (data_prep/beam_pipeline.py), on the local DirectRunner or on
+Dataflow / Flink / Spark, and write the same records and report. Bad files never stop a build; each is a line of
 `build_report.jsonl` in the data set's directory (see `report.py`). TFDS writes
 into an `incomplete.*` directory renamed when done, so readers never see a
 half-written set. The config name, `<layout>_<hash>` unless --name is given,
@@ -40,6 +43,7 @@ import tensorflow_datasets as tfds
 import tqdm
 
 from data_prep import compose
+from data_prep import fileio
 from data_prep import layouts
 from data_prep import report as report_lib
 
@@ -115,7 +119,7 @@ def make_config(layout: str, name: str | None = None, **fields) -> MattingSetsCo
   values['layout'] = layout
   for key in _PATH_FIELDS:
     if values.get(key):
-      values[key] = os.path.abspath(os.path.expanduser(str(values[key])))
+      values[key] = fileio.absolute(values[key])
   if layout == 'autolabel':
     if not values.get('quality_filter'):
       from data_prep import quality  # pylint: disable=g-import-not-at-top
@@ -178,7 +182,11 @@ class MattingSets(tfds.core.GeneratorBasedBuilder):
     self._report_path = report_path
     self._progress = progress
     self._pool = None
+    self._beam = False  # set per build from the download config
+    self._split_order: list[str] = []
     self.report = report_lib.Report()
+    # Beam builds: {metric name: value} of the finished pipeline (see beam_pipeline).
+    self.beam_metrics: dict[str, float] = {}
 
   def _info(self):
     fmt = self.builder_config.image_format
@@ -214,13 +222,21 @@ class MattingSets(tfds.core.GeneratorBasedBuilder):
       raise
 
   def _download_and_prepare(self, dl_manager, download_config):
+    self._beam = (download_config.beam_runner is not None
+                  or download_config.beam_options is not None)
     try:
       super()._download_and_prepare(dl_manager, download_config)
+    except BaseException:
+      if self._beam:  # what the pipeline's review steps wrote before the failure
+        self._merge_beam_parts(must_exist=False)
+      raise
     finally:
       if self._pool is not None:
         self._pool.terminate()
         self._pool.join()
         self._pool = None
+    if self._beam:
+      self._merge_beam_parts(must_exist=True)
     # Inside TFDS's incomplete.* directory: renamed together with the shards.
     self.report.write(os.path.join(self.data_dir, REPORT_NAME))
     if self._report_path:
@@ -246,6 +262,11 @@ class MattingSets(tfds.core.GeneratorBasedBuilder):
         self.report.extend(dropped)
         backgrounds[split] = kept
     settings = config.settings()
+    self._split_order = list(listing.sources)
+    if self._beam:
+      from data_prep import beam_pipeline  # pylint: disable=g-import-not-at-top
+      return beam_pipeline.split_transforms(
+          self._beam_dir(), listing.sources, backgrounds, settings, config.quality_filter)
     if self._num_workers > 1:
       # spawn: the parent has JAX/TFDS threads running, which fork would copy.
       context = multiprocessing.get_context('spawn')
@@ -290,13 +311,29 @@ class MattingSets(tfds.core.GeneratorBasedBuilder):
       out[split] = kept
     return out
 
+  def _beam_dir(self) -> str:
+    """Beam's work files: inside TFDS's incomplete.* directory while building."""
+    return fileio.join(os.fspath(self.data_dir), '.beam')
+
+  def _merge_beam_parts(self, must_exist: bool) -> None:
+    """Adds each split's report part (written by the pipeline) to `self.report`,
+    in split order, then removes the work files."""
+    from data_prep import beam_pipeline  # pylint: disable=g-import-not-at-top
+    for split in self._split_order:
+      part = beam_pipeline.read_report_part(self._beam_dir(), split, must_exist)
+      if part is not None:
+        self.report.extend(part['entries'])
+        self.report.examples[split] = part['count']
+    fileio.remove_tree(self._beam_dir())
+
+  def _process_pipeline_result(self, pipeline_result):
+    from data_prep import beam_pipeline  # pylint: disable=g-import-not-at-top
+    self.beam_metrics = beam_pipeline.metrics_of(pipeline_result)
+    print(beam_pipeline.format_metrics(self.beam_metrics, f'{self.name}/{self.builder_config.name}'))
+
   def _generate_examples(self, split, sources):
     config = self.builder_config
-    quality_filter = None
-    if config.quality_filter:
-      from data_prep import quality  # pylint: disable=g-import-not-at-top
-      quality_filter = quality.QualityFilter(
-          quality.Thresholds(**json.loads(config.quality_filter)))
+    quality_filter = make_quality_filter(config.quality_filter)
     tasks = [(split, index, source) for index, source in enumerate(sources)]
     if self._pool is not None:
       results = self._pool.imap(compose.make_records, tasks, chunksize=2)
@@ -308,22 +345,48 @@ class MattingSets(tfds.core.GeneratorBasedBuilder):
     with contextlib.closing(bar):
       for source, result in zip(sources, results):
         bar.update(1)
-        self.report.extend(dict(note, split=split) for note in result['notes'])
-        if result['error'] is not None:
-          self.report.add(**result['error'], split=split)
+        if not review_source(split, source, result, quality_filter, self.report):
           continue
-        if quality_filter is not None:
-          reason = quality_filter.decide(source.id, result['stats'])
-          if reason is not None:
-            self.report.add(source.image, 'quality', reason, action='dropped', split=split)
-            continue
         for record in result['records']:
           yield f'{count:09d}', record
           count += 1
-    if not count:
-      raise ValueError(f'Split {split!r}: none of its {len(sources)} sources could be used; '
-                       'see the build report')
+    check_split_count(split, count, len(sources))
     self.report.examples[split] = count
+
+
+def make_quality_filter(thresholds_json: str):
+  """quality.QualityFilter of a config's `quality_filter` JSON, or None for ''."""
+  if not thresholds_json:
+    return None
+  from data_prep import quality  # pylint: disable=g-import-not-at-top
+  return quality.QualityFilter(quality.Thresholds(**json.loads(thresholds_json)))
+
+
+def review_source(split: str, source: compose.Source, result: dict, quality_filter,
+                  report: report_lib.Report) -> bool:
+  """Whether the records of one source go into the set; adds its report lines.
+
+  Call in source order (the quality filter's duplicate check is stateful); the
+  process pool and the Beam pipeline both do. `result` is `compose.records_of`'s
+  ('records' may be absent).
+  """
+  report.extend(dict(note, split=split) for note in result['notes'])
+  if result['error'] is not None:
+    report.add(**result['error'], split=split)
+    return False
+  if quality_filter is not None:
+    reason = quality_filter.decide(source.id, result['stats'])
+    if reason is not None:
+      report.add(source.image, 'quality', reason, action='dropped', split=split)
+      return False
+  return True
+
+
+def check_split_count(split: str, count: int, num_sources: int) -> None:
+  """Raises ValueError when a split got no records."""
+  if not count:
+    raise ValueError(f'Split {split!r}: none of its {num_sources} sources could be used; '
+                     'see the build report')
 
 
 def no_download_config():
@@ -333,8 +396,22 @@ def no_download_config():
 
 def build_matting_set(data_dir: str, layout: str, *, name: str | None = None,
                       num_workers: int = 1, report_path: str | None = None,
-                      progress: bool = True, **fields) -> tuple[str, str]:
+                      progress: bool = True, beam_options=None,
+                      **fields) -> tuple[str, str]:
   """Builds a matting set (no-op if present).
+
+  Args:
+    data_dir: TFDS data dir (a local path or a URI such as gs://bucket/data).
+    layout: one of `layouts.ALL_LAYOUTS`.
+    name: config name instead of `<layout>_<hash>`.
+    num_workers: processes of the single-machine path.
+    report_path: also write the report here.
+    progress: show progress bars (single-machine path).
+    beam_options: None for the single-machine path; else build with Apache Beam
+      under these pipeline options: 'key=value,...' (as TFDS's
+      --beam_pipeline_options), a list of flags ['--runner=DataflowRunner', ...]
+      or a PipelineOptions. '' runs the local DirectRunner with its defaults.
+    **fields: `MattingSetsConfig` fields (see `make_config`).
 
   Returns:
     (name for `tfds.data_source(name, data_dir=data_dir)`, e.g.
@@ -344,5 +421,10 @@ def build_matting_set(data_dir: str, layout: str, *, name: str | None = None,
   builder = MattingSets(data_dir=data_dir, config=config, num_workers=num_workers,
                         report_path=report_path, progress=progress)
   if not builder.is_prepared():
-    builder.download_and_prepare(download_config=no_download_config())
+    if beam_options is None:
+      download_config = no_download_config()
+    else:
+      from data_prep import beam_pipeline  # pylint: disable=g-import-not-at-top
+      download_config = beam_pipeline.download_config(beam_options)
+    builder.download_and_prepare(download_config=download_config)
   return f'{builder.name}/{config.name}', os.fspath(builder.data_dir)

@@ -247,10 +247,12 @@ def stem_of(path: str) -> str:
 
 
 def list_images(folder: str) -> list[str]:
-  """Image files directly in `folder` (no subfolders, no hidden files), sorted by name."""
-  return [os.path.join(folder, name) for name in sorted(os.listdir(folder))
+  """Image files directly in `folder` (no subfolders, no hidden files), sorted by
+  name; `folder` may be a URI (data_prep.fileio)."""
+  from data_prep import fileio  # pylint: disable=g-import-not-at-top
+  return [fileio.join(folder, name) for name in sorted(fileio.listdir(folder))
           if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith('.')
-          and os.path.isfile(os.path.join(folder, name))]
+          and fileio.isfile(fileio.join(folder, name))]
 
 
 def index_by_stem(folder: str) -> dict[str, str]:

@@ -17,7 +17,7 @@ import collections
 import json
 from typing import Any, Iterable
 
-from bgmat import atomic
+from data_prep import fileio
 
 ACTIONS = ('skipped', 'converted', 'dropped')
 
@@ -74,8 +74,9 @@ class Report:
 
 
 def write_text_atomic(path: str, text: str) -> None:
-  """Writes `text` to `path` atomically, flushed to disk (`bgmat.atomic`)."""
-  atomic.write_text(path, text, fsync=True)
+  """Writes `text` to `path` atomically, flushed to disk (`bgmat.atomic`; a URI
+  such as gs://... in one object write, `data_prep.fileio`)."""
+  fileio.write_text(path, text)
 
 
 def read_report(path: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
