@@ -2,7 +2,7 @@ r"""Automatic alpha labels: photo + coarse mask -> trimap -> closed-form alpha -
 
   python -m data_prep.autolabel --images DIR (--masks DIR | --preseg_workdir DIR) --out DIR \
       [--report FILE] [--max_side 1024] [--trimap_fraction 0.05] [--workers N] \
-      [--fg_format png|jpg] [--binarize_mask]
+      [--fg_format png|jpg] [--binarize_mask] [--beam [--beam_pipeline_options=K=V,...]]
   python -m data_prep.autolabel --eval_synthetic 50 --eval_size 256   # SAD coarse vs label
   python -m data_prep.autolabel --eval_alphamatting ALPHAMATTING_DIR --eval_size 320 \
       --eval_solve_sides 0,160 --eval_seeds 2 [--eval_out FILE]  # DIM metrics, settings grid
@@ -698,6 +698,12 @@ def _define_flags() -> None:
                     'with uncalibrated probabilities); by default 25 < mask < 230 is unknown.')
   flags.DEFINE_integer('workers', 1, 'Processes solving in parallel.')
   flags.DEFINE_enum('fg_format', 'png', ['png', 'jpg'], 'Foreground file format.')
+  flags.DEFINE_bool('beam', False, 'Label with Apache Beam (data_prep/beam_pipeline.py; '
+                    '--masks only): the local DirectRunner unless --beam_pipeline_options '
+                    'names another runner. Folders may then be URIs (gs://...).')
+  flags.DEFINE_string('beam_pipeline_options', '', '--beam: pipeline options as '
+                      'key=value,key=value (e.g. direct_num_workers=2,'
+                      'direct_running_mode=multi_processing).')
   flags.DEFINE_integer('eval_synthetic', 0, 'Instead of a folder: label N synthetic test '
                        'portraits from simulated segmenter masks and print SAD coarse vs label.')
   flags.DEFINE_integer('eval_size', 256, 'Image size for --eval_synthetic, long side for '
@@ -739,6 +745,23 @@ def main(argv):
     return
   if not FLAGS.images or not FLAGS.out:
     raise app.UsageError('--images and --out are required')
+  if FLAGS.beam_pipeline_options and not FLAGS.beam:
+    raise app.UsageError('--beam_pipeline_options needs --beam')
+  if FLAGS.beam:
+    if not FLAGS.masks:
+      raise app.UsageError('--beam takes the coarse masks from --masks DIR (a pre-segmentation '
+                           'model is not shipped to the workers; write its masks first)')
+    if FLAGS.trimap_fraction <= 0 or FLAGS.max_side < 16:
+      raise app.UsageError('--trimap_fraction must be > 0 and --max_side >= 16')
+    try:
+      masks = FolderMasks(FLAGS.masks)
+    except ValueError as e:
+      raise app.UsageError(str(e)) from e
+    summary = run_beam(FLAGS.images, masks, FLAGS.out, FLAGS.report, FLAGS.beam_pipeline_options,
+                       trimap_fraction=FLAGS.trimap_fraction, max_side=FLAGS.max_side,
+                       binarize=FLAGS.binarize_mask, fg_format=FLAGS.fg_format)
+    print(json.dumps(summary))
+    return
   if not os.path.isdir(FLAGS.images):
     raise app.UsageError(f'--images {FLAGS.images}: not a folder')
   if bool(FLAGS.masks) == bool(FLAGS.preseg_workdir):

@@ -23,6 +23,14 @@ ppm100, comp1k, d646; see data_prep/layouts.py and the README):
 
 Each build writes `build_report.jsonl` (skipped / converted / dropped files)
 beside its shards; `--filter` applies data_prep.quality's thresholds.
+
+Any matting_sets build runs as an Apache Beam pipeline with `--beam` (needs the
+`bgmat[beam]` extra; data_prep/beam_pipeline.py), same records and report:
+
+  python -m data_prep.build matting_sets ... --beam \
+      --beam_pipeline_options=direct_num_workers=2,direct_running_mode=multi_processing
+  python -m data_prep.build matting_sets --data_dir gs://BUCKET/data ... --beam \
+      --beam_pipeline_options=runner=DataflowRunner,project=P,region=R,...  (see notes/beam.md)
 """
 from absl import app
 from absl import flags
@@ -94,6 +102,11 @@ def define_flags():
   flags.DEFINE_string('report', None, 'matting_sets: also write the report here.')
   flags.DEFINE_bool('filter', False, 'matting_sets: drop files that fail '
                     'data_prep.quality thresholds (their flags below).')
+  flags.DEFINE_bool('beam', False, 'matting_sets: build with Apache Beam (the local '
+                    'DirectRunner unless --beam_pipeline_options names another runner).')
+  flags.DEFINE_string('beam_pipeline_options', '', 'matting_sets --beam: pipeline options '
+                      'as key=value,key=value (e.g. direct_num_workers=2,'
+                      'direct_running_mode=multi_processing, or runner=DataflowRunner,...).')
   quality = _quality_module()
   if quality is not None:
     quality.define_flags()
@@ -140,6 +153,8 @@ def _build_matting_sets(data_dir, config_name):
     if quality is None:
       raise app.UsageError('--filter needs data_prep/quality.py')
     thresholds = quality.thresholds_from_flags()
+  if FLAGS.beam_pipeline_options and not FLAGS.beam:
+    raise app.UsageError('--beam_pipeline_options needs --beam')
   try:
     name, directory = matting_sets.build_matting_set(
         data_dir, FLAGS.layout, name=FLAGS.name, num_workers=FLAGS.workers,
@@ -153,7 +168,8 @@ def _build_matting_sets(data_dir, config_name):
         val_fraction=FLAGS.val_fraction, test_fraction=FLAGS.test_fraction,
         max_pixels=FLAGS.max_pixels, quality_filter=thresholds,
         trimap_fraction=FLAGS.trimap_fraction, label_max_side=FLAGS.label_max_side,
-        min_bg_side=FLAGS.min_bg_side)
+        min_bg_side=FLAGS.min_bg_side,
+        beam_options=FLAGS.beam_pipeline_options if FLAGS.beam else None)
   except (ValueError, FileNotFoundError) as e:
     raise app.UsageError(str(e)) from e
   print(f'Report: {directory}/{matting_sets.REPORT_NAME}')
