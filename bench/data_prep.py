@@ -1,6 +1,14 @@
 r"""Images/s of building composites with the `matting_sets` builder, per worker count.
 
   python -m bench.data_prep [--size 512 --num_fg 16 --num_bg 2 --workers 1,2]
+  python -m bench.data_prep --beam [--size 256 --num_photos 24 --out FILE.md]
+
+`--beam`: the process pool against Beam's DirectRunner (data_prep/beam_pipeline.py),
+1 and 2 worker processes each, on generated photos + segmenter-like masks:
+labels/s of `data_prep.autolabel` on a folder, and labels/s and records/s of the
+`matting_sets` autolabel layout (label, quality filter, 2 composites per photo).
+Wall time of each whole run, start-up included; every variant must write the same
+records / alphas (checked).
 
 Generates `num_fg` foregrounds (synthetic portraits at `size`, the foreground's
 soft pixels carrying an old green-screen colour) and background photos-to-be
@@ -56,14 +64,123 @@ def _records(directory: str) -> list[bytes]:
   return out
 
 
+def make_photos(root: str, size: int, num_photos: int, num_backgrounds: int) -> None:
+  """Photos (JPEG), binary segmenter-like masks (PNG) and backgrounds under `root`."""
+  from data_prep import autolabel  # pylint: disable=g-import-not-at-top
+  for folder in ('image', 'mask'):
+    os.makedirs(os.path.join(root, folder), exist_ok=True)
+  for index in range(num_photos):
+    example = synthetic.generate_example(index, 'train', image_size=size)
+    mask = autolabel.simulate_segmenter_mask(example['alpha'], np.random.default_rng(index))
+    Image.fromarray(example['image']).save(os.path.join(root, 'image', f'p{index:04d}.jpg'),
+                                           quality=95)
+    Image.fromarray(mask).save(os.path.join(root, 'mask', f'p{index:04d}.png'))
+  make_inputs(root, size, 0, num_backgrounds)
+
+
+def _alphas(out_dir: str) -> list[bytes]:
+  folder = os.path.join(out_dir, 'alpha')
+  return [np.asarray(Image.open(os.path.join(folder, name))).tobytes()
+          for name in sorted(os.listdir(folder))]
+
+
+def beam_main(args) -> str:
+  """Runs the --beam comparison; returns the markdown table."""
+  # pylint: disable=g-import-not-at-top
+  import platform
+  from data_prep import autolabel
+  from data_prep import quality
+  # pylint: enable=g-import-not-at-top
+  counts = [int(w) for w in args.workers.split(',')]
+  open_filter = quality.Thresholds(min_side=0, min_sharpness=0.0, min_coverage=0.0,
+                                   max_coverage=1.0, min_mean_luma=0.0, max_mean_luma=1.0,
+                                   max_clipped=1.0, min_confidence=0.0)
+  variants = [(f'process pool, {w} process{"es" if w > 1 else ""}', w, None) for w in counts]
+  variants += [(f'Beam DirectRunner, {w} worker{"s" if w > 1 else ""}', w,
+                f'direct_num_workers={w},direct_running_mode=multi_processing') for w in counts]
+  rows, alphas, records = [], {}, {}
+  with tempfile.TemporaryDirectory(prefix='bench_data_prep_beam_') as root:
+    make_photos(root, args.size, args.num_photos, args.backgrounds)
+    images, masks = os.path.join(root, 'image'), autolabel.FolderMasks(os.path.join(root, 'mask'))
+    for index, (label, workers, options) in enumerate(variants):
+      out = os.path.join(root, f'labels_{index}')
+      start = time.perf_counter()
+      if options is None:
+        summary = autolabel.run(images, masks, out, workers=workers, progress=False)
+      else:
+        summary = autolabel.run_beam(images, masks, out, beam_options=options)
+      label_seconds = time.perf_counter() - start
+      alphas[label] = _alphas(out)
+      start = time.perf_counter()
+      _, directory = matting_sets.build_matting_set(
+          os.path.join(root, f'data_{index}'), 'autolabel', image_dir=images,
+          alpha_dir=os.path.join(root, 'mask'), bg_dir=os.path.join(root, 'bg'),
+          num_bg=args.num_bg, min_bg_side=0, quality_filter=open_filter,
+          num_workers=workers, progress=False, beam_options=options)
+      build_seconds = time.perf_counter() - start
+      records[label] = _records(directory)
+      rows.append((label, summary['labelled'], label_seconds, len(records[label]),
+                   build_seconds))
+  first = variants[0][0]
+  same_alphas = all(alphas[v[0]] == alphas[first] for v in variants)
+  same_records = all(records[v[0]] == records[first] for v in variants)
+  lines = [
+      f'`python -m bench.data_prep --beam --size {args.size} --num_photos {args.num_photos} '
+      f'--num_bg {args.num_bg} --workers {args.workers}`', '',
+      f'machine: {platform.machine()}, {os.cpu_count()} CPU cores '
+      f'({_cpu_model()}), shared with a running training job (load average '
+      f'{os.getloadavg()[0]:.1f} at the end): absolute numbers are low and noisy, compare '
+      'rows of one run', '',
+      f'{args.num_photos} synthetic photos {args.size}x{args.size} with segmenter-like masks; '
+      f'autolabel folder = data_prep.autolabel (closed-form label + fg, PNG files); '
+      f'matting_sets = autolabel layout (label, quality filter, photo + {args.num_bg} '
+      'composites per photo, JPEG q95, TFDS array_record). Wall time of each whole run, '
+      'worker start-up included.', '',
+      '| runner | autolabel labels | s | labels/s | matting_sets records | s | records/s '
+      '| labels/s |',
+      '|---|---|---|---|---|---|---|---|']
+  for label, labelled, label_seconds, count, build_seconds in rows:
+    lines.append(f'| {label} | {labelled} | {label_seconds:.1f} | '
+                 f'{labelled / label_seconds:.2f} | {count} | {build_seconds:.1f} | '
+                 f'{count / build_seconds:.2f} | '
+                 f'{args.num_photos / build_seconds:.2f} |')
+  lines += ['', f'Same alphas for every runner: {same_alphas}; same records (canonical '
+            f'form): {same_records}']
+  return '\n'.join(lines) + '\n'
+
+
+def _cpu_model() -> str:
+  try:
+    with open('/proc/cpuinfo', encoding='utf-8') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return 'unknown CPU'
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
-  parser.add_argument('--size', type=int, default=512)
+  parser.add_argument('--size', type=int, default=None,
+                      help='image side (default 512; --beam 256)')
   parser.add_argument('--num_fg', type=int, default=16)
   parser.add_argument('--num_bg', type=int, default=2, help='composites per foreground')
   parser.add_argument('--backgrounds', type=int, default=8)
   parser.add_argument('--workers', default='1,2')
+  parser.add_argument('--beam', action='store_true', help='process pool vs Beam DirectRunner')
+  parser.add_argument('--num_photos', type=int, default=24, help='--beam: photos to label')
+  parser.add_argument('--out', default=None, help='--beam: also write the table here')
   args = parser.parse_args()
+  if args.beam:
+    args.size = args.size or 256
+    table = beam_main(args)
+    print(table)
+    if args.out:
+      with open(args.out, 'w', encoding='utf-8') as f:
+        f.write(table)
+    return
+  args.size = args.size or 512
   counts = [int(w) for w in args.workers.split(',')]
   with tempfile.TemporaryDirectory(prefix='bench_data_prep_') as root:
     make_inputs(root, args.size, args.num_fg, args.backgrounds)

@@ -45,7 +45,6 @@ distribution `label_ms` (closed-form labelling time per photo, ms).
 """
 
 import json
-import os
 import time
 from typing import Any
 

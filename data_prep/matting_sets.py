@@ -329,7 +329,8 @@ class MattingSets(tfds.core.GeneratorBasedBuilder):
   def _process_pipeline_result(self, pipeline_result):
     from data_prep import beam_pipeline  # pylint: disable=g-import-not-at-top
     self.beam_metrics = beam_pipeline.metrics_of(pipeline_result)
-    print(beam_pipeline.format_metrics(self.beam_metrics, f'{self.name}/{self.builder_config.name}'))
+    title = f'{self.name}/{self.builder_config.name}'
+    print(beam_pipeline.format_metrics(self.beam_metrics, title))
 
   def _generate_examples(self, split, sources):
     config = self.builder_config
