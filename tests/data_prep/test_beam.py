@@ -25,6 +25,9 @@ from tests.data_prep.test_autolabel import photo_folder  # pylint: disable=unuse
 pytest.importorskip('apache_beam', reason='apache-beam is not installed (pip install '
                     '-e .[beam]); the Beam pipelines of data_prep are not tested')
 
+# Each test starts Beam worker processes and builds twice: tens of seconds here.
+pytestmark = pytest.mark.slow
+
 _REPO = pathlib.Path(__file__).resolve().parents[2]
 # The test setting: the DirectRunner with 2 worker processes.
 _TWO_PROCESSES = 'direct_num_workers=2,direct_running_mode=multi_processing'
