@@ -14,6 +14,9 @@ line. Every file is written atomically and the meta file last, so a stem with
 a meta file is complete: a restarted run skips it (and repeats its line in the
 report). Labels do not depend on --workers (deterministic). Bad inputs (unreadable, missing mask, mask of another size, no
 certain foreground or background) get a report line and never stop the run.
+With --beam the same per-photo steps (`label_one`) run as an Apache Beam
+pipeline (`run_beam`, data_prep/beam_pipeline.py) on the local DirectRunner or
+a cluster; folders may then be URIs (gs://...); same files, same report.
 
 Steps for one photo (`label_image`):
   1. Coarse mask (H, W) uint8: a file of --masks with the photo's stem (0/1
