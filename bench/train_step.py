@@ -55,6 +55,7 @@ PEAK_TFLOPS = {
 PRESETS = {
     'tiny': ('tiny', 'xception_tiny', 32),
     'demo': ('demo', 'xception_tiny', 32),
+    'study': ('study', 'xception_small', 64),
     'full': ('full', 'xception65', 256),
 }
 
