@@ -4,7 +4,7 @@ The peer is what people would use instead of bgmat's stage 1:
 segmentation_models_pytorch's `DeepLabV3Plus(encoder_name='tu-xception65')`
 (timm's aligned Xception-65 encoder, smp's DeepLabV3+ head), trained with
 AdamW, gradient clipping and BCE + Dice, exactly the loss and optimiser of
-`bgmat.train.preseg_step`. Its JAX twin is
+`bgmat.stages.PresegStage.step`. Its JAX twin is
 `DeepLabV3Plus(backbone=..., head='smp')` (weight parity is tested in
 tests/models/test_deeplab.py), so both sides run the same architecture and the
 XLA FLOP count of ours is the FLOP count of the peer.

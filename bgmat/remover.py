@@ -81,7 +81,7 @@ class Remover:
   the photos it reads (bgmat's, default 100 MP; larger ones are refused).
 
   The generator was trained on crops whose prior is the pre-segmentation of
-  that same crop, image and prior at one resolution (`train.matting_step`).
+  that same crop, image and prior at one resolution (`stages.MattingStage.step`).
   Here it sees the photo at a higher resolution than in training, the prior
   upsampled from the working size: this is how matting refiners are used. The
   network is fully convolutional and refines the prior's edges from local
@@ -95,8 +95,10 @@ class Remover:
     matting_vars = jax.device_put(matting_vars)
     preseg_vars = jax.device_put(preseg_vars)
 
+    from bgmat import runs  # pylint: disable=g-import-not-at-top
+
     def preseg_apply(variables, image):
-      return jax.nn.sigmoid(preseg_model.apply(variables, image, train=False))
+      return runs.preseg_probability(preseg_model, variables, image)
 
     def matting_apply(variables, image, prior):
       return matting_model.apply(variables, image, prior, train=False)
