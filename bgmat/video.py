@@ -14,7 +14,7 @@
 | webm (rgba default) | VP9 (libvpx-vp9), yuva420p with alpha / yuv420p | all | copied if Opus or Vorbis, else re-encoded to Opus |
 | mp4 (default of the others) | H.264 (libx264, CRF 18), yuv420p | alpha, foreground, composite | copied if mp4 takes it, else AAC |
 | mov | ProRes 4444 (prores_ks), yuva444p10le with alpha / yuv444p10le | all | copied if mov takes it, else AAC |
-| png | a folder NAME/ of 000001.png ... (RGBA, grey or RGB) | all | copied into NAME/audio.mka |
+| png | a folder NAME/ of 000001.png ... (RGBA, grey or RGB) | all | copied into NAME/audio.m4a (.mka if mp4 cannot hold it) |
 
 Frame count, size and timestamps (so the frame rate, constant or variable) are the
 input's; `alpha` is the matte as luma. Frames are decoded by a reader thread and
@@ -98,6 +98,12 @@ def _encoding(container: str, with_alpha: bool) -> _Encoding:
                        '--video-container webm, mov or png')
     return _Encoding('libx264', 'yuv420p', {'crf': '18', 'preset': 'veryfast'})
   raise ValueError(f'Unknown video container {container!r}; known: {list(CONTAINERS)}')
+
+
+def check_container(container: str, format: str) -> None:  # pylint: disable=redefined-builtin
+  """Raises ValueError for an unknown container or one that cannot hold `format`."""
+  if container != 'png':
+    _encoding(container, format == 'rgba')
 
 
 def _av():
@@ -369,9 +375,15 @@ class _Writer:
       self.sequence_info = {'frame_rate': str(self.rate), 'source': os.path.basename(source),
                             'format': fmt, 'written_by': _mark()}
       if self.audio_in is not None:
-        self.audio_output = av.open(os.path.join(temp, 'audio.mka'), 'w', format='matroska')
+        # .m4a keeps AAC's encoder delay (an edit list); Matroska takes any codec.
+        name = self.audio_in.codec_context.name
+        self.audio_output = av.open(os.path.join(temp, 'audio.m4a'), 'w', format='mp4')
+        if name not in self.audio_output.supported_codecs:
+          self.audio_output.close()
+          os.remove(os.path.join(temp, 'audio.m4a'))
+          self.audio_output = av.open(os.path.join(temp, 'audio.mka'), 'w', format='matroska')
         self.audio_stream = self.audio_output.add_stream_from_template(self.audio_in)
-        self.audio = f'copied {self.audio_in.codec_context.name} (audio.mka)'
+        self.audio = f'copied {name} ({os.path.basename(self.audio_output.name)})'
       return
     encoding = _encoding(container, fmt == 'rgba')
     self.output = av.open(temp, 'w', format={'mp4': 'mp4', 'mov': 'mov', 'webm': 'webm'}[
@@ -511,8 +523,7 @@ def remove_video(remover, source: str, target: str, *,
   if format not in remover_lib.FORMATS:
     raise ValueError(f'Unknown format {format!r}; known: {list(remover_lib.FORMATS)}')
   container = container or container_of(target)
-  if container != 'png':
-    _encoding(container, format == 'rgba')  # Refuses rgba in mp4 before any work.
+  check_container(container, format)  # Refuses rgba in mp4 before any work.
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}')
   smoother = PriorSmoother(temporal_smoothing) if temporal_smoothing else None
@@ -525,6 +536,11 @@ def remove_video(remover, source: str, target: str, *,
   width = input_container.streams.video[0].codec_context.width
   height = input_container.streams.video[0].codec_context.height
   temp = atomic.temporary_path(target, EXTENSIONS[container])
+  try:
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+  except OSError as e:
+    input_container.close()
+    raise VideoError(f'{source}: cannot create the folder of {target} ({e})', 'unwritable') from e
   stop = threading.Event()
   frames_q, encode_q = queue.Queue(maxsize=2 * batch_size), queue.Queue(maxsize=2 * batch_size)
   writer = None
