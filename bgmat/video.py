@@ -496,7 +496,8 @@ def remove_video(remover, source: str, target: str, *,
                  format: str = 'rgba',  # pylint: disable=redefined-builtin
                  container: str | None = None, bg: Any = 'white',
                  foreground_method: str = 'blur_fusion', batch_size: int = 4,
-                 temporal_smoothing: float = 0.0, max_pixels: int | None = None,
+                 temporal_smoothing: 'float | PriorSmoother' = 0.0,
+                 max_pixels: int | None = None,
                  alphas: Callable[[np.ndarray], None] | None = None) -> VideoInfo:
   """Cuts the background out of every frame of `source` into `target`.
 
@@ -509,7 +510,8 @@ def remove_video(remover, source: str, target: str, *,
       'composite' (over `bg`: a colour or an image, resized to cover).
     container: 'webm', 'mp4', 'mov' or 'png'; None: by `target`'s extension.
     batch_size: frames per model call.
-    temporal_smoothing: s in [0, 1) of `PriorSmoother`; 0 is off.
+    temporal_smoothing: s in [0, 1) of `PriorSmoother` (0 is off), or a
+      `PriorSmoother` (its thresholds).
     max_pixels: the frame size limit (default: the remover's).
     alphas: called with each frame's matte, (H, W) float32 in [0, 1], in order
       (benchmarks, tests).
@@ -526,7 +528,10 @@ def remove_video(remover, source: str, target: str, *,
   check_container(container, format)  # Refuses rgba in mp4 before any work.
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}')
-  smoother = PriorSmoother(temporal_smoothing) if temporal_smoothing else None
+  if isinstance(temporal_smoothing, PriorSmoother):
+    smoother = temporal_smoothing
+  else:
+    smoother = PriorSmoother(temporal_smoothing) if temporal_smoothing else None
   if format == 'composite':
     bg = remover_lib.parse_background(bg)
   max_pixels = max_pixels or getattr(remover, 'max_pixels', image_io.MAX_PIXELS)
