@@ -191,8 +191,8 @@ def prepare_output(output: str, inputs: Sequence[str], format: str = 'rgba'  # p
   return Output(output)
 
 
-def _video_file_output(output: str, inputs: Sequence[str], format: str  # pylint: disable=redefined-builtin
-                       ) -> Output:
+def _video_file_output(output: str, inputs: Sequence[str],
+                       format: str) -> Output:  # pylint: disable=redefined-builtin
   """`-o NAME.webm|.mp4|.mov`: one video input written to that file."""
   if len(inputs) != 1 or not os.path.isfile(inputs[0]) or not video.is_video(inputs[0]):
     raise OutputError(f'-o {output} names a video file; the input must be one video file')

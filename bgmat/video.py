@@ -9,12 +9,12 @@
 
   remove_video(remover, 'clip.mp4', 'out/clip.webm')            # the same from Python
 
-| container | video | --format | audio |
+| container | video codec, pixels | --format | audio |
 |---|---|---|---|
-| webm (rgba default) | VP9 (libvpx-vp9), yuva420p with alpha / yuv420p | all | copied if Opus or Vorbis, else re-encoded to Opus |
-| mp4 (default of the others) | H.264 (libx264, CRF 18), yuv420p | alpha, foreground, composite | copied if mp4 takes it, else AAC |
-| mov | ProRes 4444 (prores_ks), yuva444p10le with alpha / yuv444p10le | all | copied if mov takes it, else AAC |
-| png | a folder NAME/ of 000001.png ... (RGBA, grey or RGB) | all | copied into NAME/audio.m4a (.mka if mp4 cannot hold it) |
+| webm (rgba's default) | VP9, yuva420p (alpha) / yuv420p | all | copied if Opus/Vorbis, else Opus |
+| mp4 (the others') | H.264 CRF 18, yuv420p | alpha, foreground, composite | copied, else AAC |
+| mov | ProRes 4444, yuva444p10le (alpha) / yuv444p10le | all | copied, else AAC |
+| png | folder NAME/ of 000001.png ... (RGBA, L, RGB) | all | copied to NAME/audio.m4a (.mka) |
 
 Frame count, size and timestamps (so the frame rate, constant or variable) are the
 input's; `alpha` is the matte as luma. Frames are decoded by a reader thread and
@@ -418,7 +418,8 @@ class _Writer:
     bg = self.bg
     if self.format == 'composite' and not isinstance(bg, tuple):
       if self._background is None or self._background.shape != rgb.shape:
-        self._background = remover_lib._cover(bg, *rgb.shape[:2])  # pylint: disable=protected-access
+        # pylint: disable-next=protected-access
+        self._background = remover_lib._cover(bg, *rgb.shape[:2])
       bg = self._background
     array = remover_lib.render(rgb, alpha, self.format, bg=bg,
                                foreground_method=self.foreground_method)
