@@ -206,8 +206,10 @@ class Remover:
     remover._matting_call = jax.jit(remover._counted('matting', functions['matting'].call))
     return remover
 
-  def _presegment(self, images: Sequence[np.ndarray], batch_size: int) -> list[np.ndarray]:
-    """Pre-segmentation of each photo at the working size: [(h, w) float32], h, w <= S."""
+  def presegment(self, images: Sequence[np.ndarray], batch_size: int = 1) -> list[np.ndarray]:
+    """[(H, W, 3) uint8] -> the pre-segmentation probability of each photo at the
+    working size S: [(h, w) float32 in [0, 1]], the letterboxed photo's area
+    (h, w <= S, long side S). What `predict_batch(priors=...)` takes back."""
     priors = []
     for start in range(0, len(images), batch_size):
       boxed = [resolution.letterbox(image, self.working_size)
@@ -218,15 +220,25 @@ class Remover:
     return priors
 
   def predict_batch(self, images: Sequence[np.ndarray], batch_size: int = 1,
-                    with_preseg: bool = True) -> list[dict[str, np.ndarray]]:
+                    with_preseg: bool = True, priors: Sequence[np.ndarray] | None = None
+                    ) -> list[dict[str, np.ndarray]]:
     """[(H, W, 3) uint8] -> [{'alpha'[, 'preseg']}: (H, W) float32 in [0, 1]], same order.
 
     Photos (or tiles) of one bucket run together, `batch_size` at a time; a
     short batch is padded to `batch_size` so each bucket compiles once.
+    `priors`: the pre-segmentations to use, one per image as `presegment`
+    returns them (e.g. smoothed over video frames, `bgmat.video`); None runs
+    `presegment`.
+
+    Raises:
+      ValueError: `priors` not one per image.
     """
     if not len(images):
       return []
-    priors = self._presegment(images, batch_size)
+    if priors is None:
+      priors = self.presegment(images, batch_size)
+    elif len(priors) != len(images):
+      raise ValueError(f'{len(priors)} priors for {len(images)} images')
     # Jobs: (photo index, bucket, image crop (h, w, 3) uint8, prior crop (h, w), where).
     jobs, sums = [], {}
     for index, (image, prior) in enumerate(zip(images, priors)):
