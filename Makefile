@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	printf '%s\n' $(TORCH_PINS) > $(VENV)/torch-constraints.txt
-	$(PY) -m pip install -q -c $(VENV)/torch-constraints.txt -e ".[test,torch,report,serve]" $(TORCH_PINS)
+	$(PY) -m pip install -q -c $(VENV)/torch-constraints.txt -e ".[test,torch,report,serve,video]" $(TORCH_PINS)
 	$(PY) .ci/patch_torchvision.py
 	touch $@
 
