@@ -179,6 +179,7 @@ def _demo(args) -> int:
 
 
 def main(argv=None) -> int:
+  from bgmat import foreground  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(prog='bgmat', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest='command', required=True)
@@ -194,8 +195,8 @@ def main(argv=None) -> int:
                                                       'composite'), help='What to write.')
   p.add_argument('--bg', default='white',
                  help='composite background: a colour (white, #00ff00) or an image path.')
-  p.add_argument('--foreground-method', default='blur_fusion',
-                 choices=('blur_fusion', 'multilevel', 'none'),
+  p.add_argument('--foreground-method', default=foreground.DEFAULT_METHOD,
+                 choices=foreground.METHODS,
                  help='Colours of soft edges (rgba, foreground, composite); none = photo.')
   p.add_argument('--recursive', action='store_true', help='Descend into subfolders / **.')
   existing = p.add_mutually_exclusive_group()

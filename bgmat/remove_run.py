@@ -44,6 +44,7 @@ from PIL import PngImagePlugin
 import tqdm
 
 from bgmat import atomic
+from bgmat import foreground
 from bgmat import image_io
 from bgmat import remover as remover_lib
 from bgmat import video
@@ -381,7 +382,7 @@ class _Names:
 
 def process_inputs(remover, inputs: Sequence[str], out_dir: str, *,
                    format: str = 'rgba',  # pylint: disable=redefined-builtin
-                   bg: Any = 'white', foreground_method: str = 'blur_fusion',
+                   bg: Any = 'white', foreground_method: str = foreground.DEFAULT_METHOD,
                    recursive: bool = False, skip_existing: bool = False,
                    save_alpha: bool = False, batch_size: int = 1, workers: int = 2,
                    keep_transparency: bool = False, max_pixels: int | None = None,

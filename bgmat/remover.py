@@ -316,13 +316,13 @@ class Remover:
     """
     return self._alpha(self.read(image), keep_transparency)
 
-  def __call__(self, image: Any, foreground_method: str = 'none',
+  def __call__(self, image: Any, foreground_method: str = foreground.DEFAULT_METHOD,
                keep_transparency: bool = False):
     """RGBA cut-out: numpy (or path) in -> (H, W, 4) uint8 numpy out; PIL in -> PIL
     out (upright, with the photo's ICC profile).
 
-    The colours are the photo's own unless `foreground_method` is set
-    ('blur_fusion' or 'multilevel', see `bgmat.foreground`).
+    The colours are the estimated foreground (`bgmat.foreground`; default
+    'blur_fusion', as the CLI), or the photo's own with foreground_method='none'.
     """
     photo = self.read(image)
     rgba = render(photo.rgb, self._alpha(photo, keep_transparency), 'rgba',
@@ -335,7 +335,7 @@ class Remover:
     return out
 
   def cutout(self, image: Any, format: str = 'rgba',  # pylint: disable=redefined-builtin
-             bg: Any = 'white', foreground_method: str = 'blur_fusion',
+             bg: Any = 'white', foreground_method: str = foreground.DEFAULT_METHOD,
              keep_transparency: bool = False) -> np.ndarray:
     """One output of FORMATS as uint8: rgba (H, W, 4), alpha (H, W), foreground or composite
     (H, W, 3). `bg` (composite only): a colour name / '#rrggbb', an RGB tuple, or an image."""
@@ -393,7 +393,7 @@ def _cover(photo: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def render(rgb: np.ndarray, alpha: np.ndarray,
            format: str = 'rgba',  # pylint: disable=redefined-builtin
-           bg: Any = 'white', foreground_method: str = 'blur_fusion') -> np.ndarray:
+           bg: Any = 'white', foreground_method: str = foreground.DEFAULT_METHOD) -> np.ndarray:
   """rgb (H, W, 3) uint8 + alpha (H, W) float32 -> the uint8 output of `format`."""
   if format not in FORMATS:
     raise ValueError(f'Unknown format {format!r}; known: {list(FORMATS)}')

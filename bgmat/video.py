@@ -52,6 +52,7 @@ from PIL import Image
 from scipy import ndimage
 
 from bgmat import atomic
+from bgmat import foreground
 from bgmat import image_io
 from bgmat import remover as remover_lib
 
@@ -496,7 +497,7 @@ def _writer_loop(writer: _Writer, in_q: queue.Queue, stop: threading.Event) -> N
 def remove_video(remover, source: str, target: str, *,
                  format: str = 'rgba',  # pylint: disable=redefined-builtin
                  container: str | None = None, bg: Any = 'white',
-                 foreground_method: str = 'blur_fusion', batch_size: int = 4,
+                 foreground_method: str = foreground.DEFAULT_METHOD, batch_size: int = 4,
                  temporal_smoothing: 'float | PriorSmoother' = 0.0,
                  max_pixels: int | None = None,
                  alphas: Callable[[np.ndarray], None] | None = None) -> VideoInfo:

@@ -17,10 +17,7 @@ from bgmat import cli
 from bgmat import remove_run
 from bgmat import resolution
 from bgmat import serve
-from bgmat import train
 from bgmat import video
-import configs.matting as matting_configs
-import configs.preseg as preseg_configs
 
 WIDTH, HEIGHT, FRAMES, RATE, SAMPLE_RATE = 128, 96, 12, 12, 44100
 RADIUS = 14
@@ -307,22 +304,6 @@ def test_sequence_smooths_across_sorted_frames(remover, tmp_path):
   assert any(not np.array_equal(e['alpha'], p['alpha']) for e, p in zip(expected, plain))
   with pytest.raises(ValueError, match='temporal_smoothing'):
     remove_run.process_inputs(remover, [str(folder)], str(out), sequence=True)
-
-
-@pytest.fixture(scope='module')
-def matting_workdir(tiny_data, tmp_path_factory):
-  """A tiny run trained 2 + 2 steps (as in test_remover.py)."""
-  root = tmp_path_factory.mktemp('runs')
-  preseg = preseg_configs.get_config('tiny')
-  preseg.dataset, preseg.data_dir = tiny_data
-  preseg.num_train_steps, preseg.eval_test = 2, False
-  train.train_and_evaluate(preseg, str(root / 'preseg'))
-  matting = matting_configs.get_config('tiny,noadv')
-  matting.dataset, matting.data_dir = tiny_data
-  matting.num_train_steps, matting.eval_test = 2, False
-  matting.preseg_workdir = 'preseg'
-  train.train_and_evaluate(matting, str(root / 'matting'))
-  return str(root / 'matting')
 
 
 def test_cli_video_with_a_trained_run(matting_workdir, clip, tmp_path, capsys):
