@@ -39,6 +39,7 @@ reported and must be below `TOLERANCE`.
 
 import dataclasses
 import json
+import logging
 import os
 
 import jax
@@ -71,6 +72,10 @@ METADATA_KEY = 'bgmat'
 
 
 def _require_onnx():
+  # jax2onnx imports every plugin module and logs a warning with a traceback for
+  # each one whose library is absent (equinox, dm_pix: not installed with
+  # --no-deps, and not used by bgmat's models).
+  logging.getLogger('jax2onnx.plugins.plugin_system').setLevel(logging.ERROR)
   try:
     import jax2onnx  # pylint: disable=g-import-not-at-top
     import onnx  # pylint: disable=g-import-not-at-top
