@@ -150,7 +150,7 @@ def run(args) -> list[str]:
       lines.append(f'| {side} | {batch} | {onnx_s * 1e3:.1f} | {jax_s * 1e3:.1f} | '
                    f'{onnx_s / jax_s:.2f} |')
       print(lines[-1], flush=True)
-  lines += ['', f'Both run the full two-stage function on {side}x{side} inputs (pre-segmentation '
+  lines += ['', 'Both run the full two-stage function on side x side inputs (pre-segmentation '
             f'at {size}, matting at the input size), f32, {args.repeats} timed calls after one '
             'warm-up. JAX: the Remover\'s jitted stages (depthwise convolutions as on CPU); ONNX: '
             'the exported graph (grouped depthwise convolutions).']
