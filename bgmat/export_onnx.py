@@ -2,7 +2,8 @@
 
   bgmat export --workdir runs/demo/matting --format onnx --out bgmat.onnx
   bgmat export --workdir runs/demo/matting --format onnx-rembg --out bgmat_rembg.onnx
-  rembg i -m u2net_custom -x '{"model_path": "~/.rembg/bgmat_rembg.onnx"}' in.jpg out.png  # rembg 2.0.86: model under ~/.rembg
+  cp bgmat_rembg.onnx ~/.rembg/   # rembg 2.0.86 loads custom models from there only
+  rembg i -m u2net_custom -x '{"model_path": "~/.rembg/bgmat_rembg.onnx"}' in.jpg out.png
 
 Two graphs, both stages (pre-segmentation and matting) in each, weights as
 initializers:
