@@ -145,8 +145,9 @@ def run(args) -> list[str]:
   for side in sorted({size, 512}):
     for batch in args.batches:
       images = np.stack([export_onnx.synthetic(side, side, rng) for _ in range(batch)])
-      onnx_s = _time(lambda: onnx_alpha(images), args.repeats)  # pylint: disable=cell-var-from-loop
-      jax_s = _time(lambda: jax.block_until_ready(fn(images)), args.repeats)  # pylint: disable=cell-var-from-loop
+      # pylint: disable=cell-var-from-loop
+      onnx_s = _time(lambda: onnx_alpha(images), args.repeats)
+      jax_s = _time(lambda: jax.block_until_ready(fn(images)), args.repeats)
       lines.append(f'| {side} | {batch} | {onnx_s * 1e3:.1f} | {jax_s * 1e3:.1f} | '
                    f'{onnx_s / jax_s:.2f} |')
       print(lines[-1], flush=True)

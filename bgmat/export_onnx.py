@@ -289,7 +289,8 @@ def max_abs_diff(sess, fn, inputs: list[np.ndarray]) -> float:
   return worst
 
 
-def validation_inputs(format: str, seed: int = 0) -> list[np.ndarray]:  # pylint: disable=redefined-builtin
+# pylint: disable-next=redefined-builtin
+def validation_inputs(format: str, seed: int = 0) -> list[np.ndarray]:
   """Generated batches the export is checked on: smooth ramps plus noise (`synthetic`),
   several batch sizes and, for 'onnx', sides that are and are not multiples of 32."""
   rng = np.random.default_rng(seed)
@@ -425,7 +426,8 @@ def export_remover(remover, out: str, format: str = 'onnx',  # pylint: disable=r
                      extra=extra, reference=(remover.preseg_fn, remover.matting_fn))
 
 
-def export_workdir(workdir: str, out: str, format: str = 'onnx',  # pylint: disable=redefined-builtin
+# pylint: disable-next=redefined-builtin
+def export_workdir(workdir: str, out: str, format: str = 'onnx',
                    working_size: int | None = None) -> Exported:
   """`export_onnx` of a matting run's workdir (and the stage-1 run it names)."""
   from bgmat import remover as remover_lib  # pylint: disable=g-import-not-at-top
