@@ -7,8 +7,8 @@
       [--batch-size N] [--max-side N] [--bucket-sides 256,512,...] [--quiet]
       [--max-pixels N] [--keep-transparency]
       [--video-container webm|mp4|mov|png] [--temporal-smoothing S] [--sequence]
-  bgmat export --workdir RUNS/matting --out FILE [--platforms cpu,cuda] [--size N]
-      [--bucket-sides 256,512,...]
+  bgmat export --workdir RUNS/matting --out FILE [--format bgmat|onnx|onnx-rembg]
+      [--platforms cpu,cuda] [--size N] [--bucket-sides 256,512,...]
   bgmat serve (--workdir RUNS/matting | --model FILE) [--host 127.0.0.1] [--port 8000]
       [--max-batch-size 8] [--batch-timeout 0.01] [--max-queue 64]
       [--max-upload-bytes N] [--max-pixels N] [--request-timeout 60]
@@ -91,6 +91,20 @@ def _remove(args) -> int:
 
 
 def _export(args) -> int:
+  if args.format != 'bgmat':
+    from bgmat import export_onnx  # pylint: disable=g-import-not-at-top
+    try:
+      done = export_onnx.export_workdir(args.workdir, args.out, format=args.format,
+                                        working_size=args.size)
+    except (ImportError, ValueError) as e:
+      print(f'error: {e}', file=sys.stderr)
+      return 1
+    shapes = lambda values: ', '.join(f'{n} {tuple(d)}' for n, d in values)
+    print(f'{args.out}: {args.format}, working size {done.metadata["working_size"]}; '
+          f'inputs {shapes(done.inputs)}; outputs {shapes(done.outputs)}; '
+          f'max |alpha - JAX| {done.max_abs_diff:.2e} (ONNX Runtime CPU, tolerance '
+          f'{export_onnx.TOLERANCE:g})')
+    return 0
   from bgmat import export  # pylint: disable=g-import-not-at-top
   platforms = tuple(p.strip() for p in args.platforms.split(',') if p.strip())
   header = export.export_workdir(args.workdir, args.out, working_size=args.size,
@@ -238,7 +252,12 @@ def main(argv=None) -> int:
   p = sub.add_parser('export', help='Write a trained run as one self-contained file.')
   p.add_argument('--workdir', required=True, help='A trained matting run.')
   p.add_argument('--out', required=True, help='The file to write.')
-  p.add_argument('--platforms', default='cpu,cuda', help='Comma separated (cpu, cuda, tpu).')
+  p.add_argument('--format', default='bgmat', choices=('bgmat', 'onnx', 'onnx-rembg'),
+                 help='bgmat: jax.export zip (default); onnx: both stages in one ONNX graph, '
+                 "dynamic batch and sides; onnx-rembg: rembg's u2net_custom convention "
+                 '(bgmat.export_onnx). ONNX files are checked with ONNX Runtime.')
+  p.add_argument('--platforms', default='cpu,cuda',
+                 help='Comma separated (cpu, cuda, tpu); --format bgmat only.')
   p.add_argument('--size', type=int, default=None, help='Working size (default: training).')
   p.add_argument('--bucket-sides', '--bucket_sides', type=_sides, default=None,
                  help='Default matting buckets named in the file (the model itself '

@@ -103,6 +103,8 @@ class Remover:
     def matting_apply(variables, image, prior):
       return matting_model.apply(variables, image, prior, train=False)
 
+    # The modules and weights, for `bgmat export --format onnx` (bgmat.export_onnx).
+    self.stages = {'preseg': (preseg_model, preseg_vars), 'matting': (matting_model, matting_vars)}
     # Closures over the weights, for `bgmat export` (weights become constants).
     self.preseg_fn = functools.partial(preseg_apply, preseg_vars)
     self.matting_fn = functools.partial(matting_apply, matting_vars)
