@@ -37,6 +37,7 @@ import jax
 from bench import train_step as train_step_bench
 from bgmat import input_pipeline
 from bgmat import sharding
+from bgmat import stages
 from bgmat import train
 import configs.matting as matting_configs
 import configs.preseg as preseg_configs
@@ -74,20 +75,15 @@ def pipeline_images_per_s(config, workers: int, batches: int) -> float:
 def step_flops_per_image(config) -> float:
   """XLA FLOPs per image of a stage's train step, from the lowered step (not run)."""
   mesh = sharding.create_mesh(config.mesh, jax.devices()[:1])
-  networks = train.build_networks(config)
-  model, tx, disc, disc_tx = networks
+  if config.stage == 'matting':
+    config.prior = 'perturbed_gt'  # No stage-1 model here; its cost is inference only.
+  stage = stages.get(config)
   rng = jax.random.key(0, impl=config.rng_impl)
-  _, abstract_state, _ = train.sharded_init(config, mesh, networks, rng)
+  _, abstract_state, _ = train.sharded_init(mesh, stage, rng)
   size, n = config.image_size, config.batch_size
   batch = {k: jax.ShapeDtypeStruct((n, size, size, v.shape[-1]), v.dtype)
            for k, v in train_step_bench._synthetic_batch(8, 1).items()}  # pylint: disable=protected-access
-  if config.stage == 'preseg':
-    step = lambda s, b, r: train.preseg_step(s, b, r, model=model, tx=tx, config=config)
-  else:
-    config.prior = 'perturbed_gt'
-    step = lambda s, b, r: train.matting_step(s, b, r, None, model=model, tx=tx, disc=disc,
-                                              disc_tx=disc_tx, preseg_model=None, config=config)
-  analysis = jax.jit(step).lower(abstract_state, batch, rng).cost_analysis()
+  analysis = jax.jit(stage.step).lower(abstract_state, batch, rng, None).cost_analysis()
   if isinstance(analysis, (list, tuple)):
     analysis = analysis[0] if analysis else {}
   return float((analysis or {}).get('flops', 0.0)) / n

@@ -4,14 +4,15 @@ The peer is what people would use instead of bgmat's stage 1:
 segmentation_models_pytorch's `DeepLabV3Plus(encoder_name='tu-xception65')`
 (timm's aligned Xception-65 encoder, smp's DeepLabV3+ head), trained with
 AdamW, gradient clipping and BCE + Dice, exactly the loss and optimiser of
-`bgmat.train.preseg_step`. Its JAX twin is
+`bgmat.stages.PresegStage.step`. Its JAX twin is
 `DeepLabV3Plus(backbone=..., head='smp')` (weight parity is tested in
 tests/models/test_deeplab.py), so both sides run the same architecture and the
 XLA FLOP count of ours is the FLOP count of the peer.
 
-For the `tiny` preset the encoder is timm's `XceptionAligned` with bgmat's
-`xception_tiny` block layout, registered in timm under `bgmat_xception_tiny`
-(at run time, in this process only), so smp builds it like any timm encoder.
+For the `tiny`, `demo` and `study` presets the encoder is timm's
+`XceptionAligned` with bgmat's `xception_tiny` / `xception_small` block layout,
+registered in timm under `bgmat_xception_tiny` / `bgmat_xception_small` (at run
+time, in this process only), so smp builds it like any timm encoder.
 
 Modes: 'eager' (NCHW), 'channels_last', 'compile' (torch.compile of the whole
 step's forward + loss; needs a C++ compiler on CPU) and, on CUDA, AMP bf16
@@ -27,23 +28,25 @@ import numpy as np
 
 from bgmat.models import xception as xception_lib
 
-TINY_ENCODER = 'bgmat_xception_tiny'
+# bgmat's own layouts, registered in timm as `bgmat_<name>`.
+BGMAT_LAYOUTS = ('xception_tiny', 'xception_small')
 
 
-def _register_tiny_encoder() -> None:
-  """Registers bgmat's xception_tiny layout as a timm model (idempotent)."""
+def _register_encoder(layout: str) -> str:
+  """Registers bgmat's `layout` as a timm model (idempotent); returns its name."""
   import timm  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   from timm.layers import ConvNormAct  # pylint: disable=g-import-not-at-top
   from timm.models import xception_aligned  # pylint: disable=g-import-not-at-top
-  if timm.list_models(TINY_ENCODER):
-    return
-  arch = xception_lib.ARCH_CONFIGS['xception_tiny']
+  name = f'bgmat_{layout}'
+  if timm.list_models(name):
+    return name
+  arch = xception_lib.ARCH_CONFIGS[layout]
   block_cfg = [dataclasses.asdict(b) for b in arch['block_cfg']]
   stem_0, stem_1 = arch['stem_chs']
 
-  class TinyXceptionAligned(xception_aligned.XceptionAligned):
-    """timm's XceptionAligned with xception_tiny's narrower stem (timm's is 32, 64)."""
+  class NarrowXceptionAligned(xception_aligned.XceptionAligned):
+    """timm's XceptionAligned with the layout's narrower stem (timm's is 32, 64)."""
 
     def __init__(self, **kwargs):
       super().__init__(**kwargs)
@@ -52,25 +55,26 @@ def _register_tiny_encoder() -> None:
           ConvNormAct(3, stem_0, kernel_size=3, stride=2, norm_layer=norm),
           ConvNormAct(stem_0, stem_1, kernel_size=3, stride=1, norm_layer=norm))
 
-  def bgmat_xception_tiny(pretrained=False, **kwargs):
+  def build(pretrained=False, **kwargs):
     norm = functools.partial(torch.nn.BatchNorm2d, eps=1e-3, momentum=0.1)
     # 'xception41' only names the (unused) pretrained config.
     return xception_aligned.build_model_with_cfg(
-        TinyXceptionAligned, 'xception41', pretrained,
+        NarrowXceptionAligned, 'xception41', pretrained,
         feature_cfg=dict(flatten_sequential=True, feature_cls='hook'),
         **dict(dict(block_cfg=[dict(b) for b in block_cfg], norm_layer=norm), **kwargs))
 
-  bgmat_xception_tiny.__name__ = TINY_ENCODER
-  bgmat_xception_tiny.__module__ = __name__
-  timm.models.register_model(bgmat_xception_tiny)
+  build.__name__ = name
+  build.__module__ = __name__
+  timm.models.register_model(build)
+  return name
 
 
 def build_peer(arch: str, decoder_channels: int):
-  """smp DeepLabV3Plus with timm encoder `arch` ('xception65', 'xception_tiny')."""
+  """smp DeepLabV3Plus with timm encoder `arch` ('xception65', or one of
+  BGMAT_LAYOUTS)."""
   import segmentation_models_pytorch as smp  # pylint: disable=g-import-not-at-top
-  if arch == 'xception_tiny':
-    _register_tiny_encoder()
-    arch = TINY_ENCODER
+  if arch in BGMAT_LAYOUTS:
+    arch = _register_encoder(arch)
   return smp.DeepLabV3Plus(encoder_name=f'tu-{arch}', encoder_weights=None,
                            decoder_channels=decoder_channels, classes=1)
 

@@ -4,7 +4,7 @@ r"""Where the time of the pre-segmentation train step goes: bgmat (JAX) vs the p
   python -m bench.profile_step --size 256     # quicker
   python -m bench.profile_step --preset tiny --size 64 --peer_steps 1   # seconds
 
-Ours: the smp-head twin's jitted `train.preseg_step`, built with
+Ours: the smp-head twin's jitted `stages.PresegStage.step`, built with
 bench/train_step.py's own config and batch helpers, one warm-up step, then
 `jax.profiler.trace` over `--steps` steps. The Chrome trace
 (`*.trace.json.gz`) has one event per XLA:CPU thunk (`args.hlo_op`); each is

@@ -28,7 +28,6 @@ matmul TFLOP/s ("measured matmul peak"). Timings are steady state: one warm-up
 
 import argparse
 import datetime
-import functools
 import os
 import platform
 import sys
@@ -41,6 +40,7 @@ import numpy as np
 from bench import peer_torch
 from bgmat import atomic
 from bgmat import sharding
+from bgmat import stages
 from bgmat import train
 import configs.matting as matting_configs
 import configs.preseg as preseg_configs
@@ -55,6 +55,7 @@ PEAK_TFLOPS = {
 PRESETS = {
     'tiny': ('tiny', 'xception_tiny', 32),
     'demo': ('demo', 'xception_tiny', 32),
+    'study': ('study', 'xception_small', 64),
     'full': ('full', 'xception65', 256),
 }
 
@@ -112,22 +113,16 @@ def compile_step(config):
   """(compiled step, state, step args, compile seconds) of `config.stage`'s jitted
   train step on one device, with a synthetic batch."""
   mesh = sharding.create_mesh(config.mesh, jax.devices()[:1])
-  networks = train.build_networks(config)
-  model, tx, disc, disc_tx = networks
+  if config.stage == 'matting':
+    config.prior = 'perturbed_gt'  # No stage-1 model here; its cost is inference only.
+  stage = stages.get(config)
   rng = jax.random.key(0, impl=config.rng_impl)
-  init_fn, _, shardings = train.sharded_init(config, mesh, networks, rng)
+  init_fn, _, shardings = train.sharded_init(mesh, stage, rng)
   state = jax.jit(init_fn, out_shardings=shardings)(rng)
   batch = sharding.to_global(_synthetic_batch(config.image_size, config.batch_size), mesh)
-  if config.stage == 'preseg':
-    step = functools.partial(train.preseg_step, model=model, tx=tx, config=config)
-    args = (batch, rng)
-  else:
-    config.prior = 'perturbed_gt'  # No stage-1 model here; its cost is inference only.
-    step = functools.partial(train.matting_step, model=model, tx=tx, disc=disc,
-                             disc_tx=disc_tx, preseg_model=None, config=config)
-    args = (batch, rng, None)
+  args = (batch, rng, None)
   start = time.perf_counter()
-  compiled = jax.jit(step, donate_argnums=0).lower(state, *args).compile()
+  compiled = jax.jit(stage.step, donate_argnums=0).lower(state, *args).compile()
   return compiled, state, args, time.perf_counter() - start
 
 
@@ -143,7 +138,7 @@ def bench_jax(config, steps: int) -> dict:
   elapsed = time.perf_counter() - start
   if not np.isfinite(float(metrics['loss'])):
     raise RuntimeError(f'{config.model.name}: non-finite loss in the benchmark step')
-  params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state['params']))
+  params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   return {'images_per_s': config.batch_size * steps / elapsed,
           'flops': xla_flops(compiled), 'compile_s': compile_s, 'params': params}
 

@@ -24,9 +24,12 @@ def _cached_remover(workdir: str):
   return Remover.from_workdir(workdir)
 
 
-def remove(image, workdir: str):
+def remove(image, workdir: str, foreground_method: str = 'blur_fusion'):
   """RGBA cut-out of one image with the matting run in `workdir`.
 
   numpy (H, W, 3) uint8 in -> (H, W, 4) uint8 out; PIL in -> PIL RGBA out.
+  foreground_method: the colours of soft edges (`bgmat.foreground.METHODS`;
+  the default is `foreground.DEFAULT_METHOD`, as for the CLI; 'none' keeps the
+  photo's colours).
   """
-  return _cached_remover(str(workdir))(image)
+  return _cached_remover(str(workdir))(image, foreground_method=foreground_method)

@@ -6,7 +6,7 @@ r"""Baselines for the method's comparisons: closed-form matting with a trimap.
 
 Closed-form matting (Levin, Lischinski, Weiss 2008; pymatting's
 `estimate_alpha_cf`) needs a trimap. It comes from the pre-segmentation
-(`trimap_from_prob`: thresholds + a band, see configs/closed_form.py) or, as an
+(`trimap.trimap_from_probability`: thresholds + a band, see configs/closed_form.py) or, as an
 upper bound, from the ground truth. The automatic baseline (pre-segmentation
 used directly as alpha) needs no code of its own: it is `sigmoid(logits)`.
 
@@ -23,39 +23,12 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
-import scipy.ndimage as ndi
 
 from bgmat import atomic
 from bgmat import evaluate as eval_lib
 from bgmat import input_pipeline
 from bgmat import metrics as metrics_lib
 from bgmat import trimap as trimap_lib
-
-
-def trimap_from_prob(prob: np.ndarray, fg_threshold: float, bg_threshold: float,
-                     radius: int) -> np.ndarray:
-  """Trimap {0, 0.5, 1} from a foreground probability (H, W[, 1]) in [0, 1].
-
-  Sure foreground: no pixel with prob < fg_threshold within `radius` (square
-  neighbourhood); sure background: no pixel with prob > bg_threshold within
-  `radius`; everything else unknown.
-  """
-  prob = np.asarray(prob, np.float32)
-  squeeze = prob.ndim == 3
-  prob2d = prob[..., 0] if squeeze else prob
-  size = 2 * radius + 1
-  near_not_fg = ndi.maximum_filter(prob2d < fg_threshold, size=size, mode='nearest')
-  near_not_bg = ndi.maximum_filter(prob2d > bg_threshold, size=size, mode='nearest')
-  trimap = np.full(prob2d.shape, 0.5, np.float32)
-  trimap[~near_not_fg] = 1.0
-  trimap[~near_not_bg] = 0.0
-  return trimap[..., None] if squeeze else trimap
-
-
-def gt_trimap(alpha: np.ndarray, radius: int) -> np.ndarray:
-  """The evaluation's trimap (H, W, 1) {0, 0.5, 1} from a ground-truth alpha in [0, 1]."""
-  trimap = trimap_lib.trimap_from_alpha(alpha[..., 0], radius)
-  return (trimap.astype(np.float32) / 255.0).round(1)[..., None]
 
 
 def closed_form_alpha(image: np.ndarray, trimap: np.ndarray, cg_maxiter: int = 2000) -> np.ndarray:
@@ -70,7 +43,7 @@ def closed_form_alpha(image: np.ndarray, trimap: np.ndarray, cg_maxiter: int = 2
   """
   import pymatting  # pylint: disable=g-import-not-at-top
   trimap2d = np.asarray(trimap, np.float64).reshape(image.shape[:2])
-  unknown = (trimap2d > 0.25) & (trimap2d < 0.75)
+  unknown = trimap_lib.unknown_mask(trimap2d)
   if not unknown.any():
     return trimap2d.astype(np.float32)[..., None]
   if unknown.all():
@@ -90,10 +63,10 @@ def closed_form_batch(images: np.ndarray, trimaps: np.ndarray, cg_maxiter: int =
 
 def preseg_prob_fn(preseg_workdir: str):
   """jitted image (N, H, W, 3) -> stage-1 foreground probability (N, H, W, 1)."""
-  from bgmat import train  # pylint: disable=g-import-not-at-top
-  module, variables = train.load_frozen_preseg(preseg_workdir)
-  apply = jax.jit(lambda v, x: jax.nn.sigmoid(module.apply(v, x, train=False)))
-  return lambda images: np.asarray(apply(variables, images))
+  from bgmat import runs  # pylint: disable=g-import-not-at-top
+  preseg = runs.load_preseg(preseg_workdir)
+  apply = jax.jit(lambda v, x: runs.preseg_probability(preseg.module, v, x))
+  return lambda images: np.asarray(apply(preseg.variables, images))
 
 
 def evaluate_closed_form(config, split: str, preseg_prob=None) -> tuple[dict, dict]:
@@ -117,11 +90,13 @@ def evaluate_closed_form(config, split: str, preseg_prob=None) -> tuple[dict, di
     images, alphas = batch['image'][valid], batch['alpha'][valid]
     count += len(images)
     if config.trimap_source == 'gt':
-      trimaps = np.stack([gt_trimap(a, config.trimap_radius) for a in alphas])
+      trimaps = np.stack([trimap_lib.trimap01_from_alpha(a, config.trimap_radius)
+                          for a in alphas])
     else:
       probs = preseg_prob(images)
-      trimaps = np.stack([trimap_from_prob(p, config.fg_threshold, config.bg_threshold,
-                                           config.band_radius) for p in probs])
+      trimaps = np.stack([
+          trimap_lib.trimap_from_probability(p, config.fg_threshold, config.bg_threshold,
+                                             config.band_radius) for p in probs])
     pred = closed_form_batch(images, trimaps, config.cg_maxiter)
     accumulator.update(metrics_lib.region_eval_metrics(
         pred, alphas, batch['trimap'][valid], batch['region'][valid],

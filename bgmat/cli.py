@@ -6,8 +6,9 @@
       [--skip-existing | --overwrite] [--save-alpha] [--size N]
       [--batch-size N] [--max-side N] [--bucket-sides 256,512,...] [--quiet]
       [--max-pixels N] [--keep-transparency]
-  bgmat export --workdir RUNS/matting --out FILE [--platforms cpu,cuda] [--size N]
-      [--bucket-sides 256,512,...]
+      [--video-container webm|mp4|mov|png] [--temporal-smoothing S] [--sequence]
+  bgmat export --workdir RUNS/matting --out FILE [--format bgmat|onnx|onnx-rembg]
+      [--platforms cpu,cuda] [--size N] [--bucket-sides 256,512,...]
   bgmat serve (--workdir RUNS/matting | --model FILE) [--host 127.0.0.1] [--port 8000]
       [--max-batch-size 8] [--batch-timeout 0.01] [--max-queue 64]
       [--max-upload-bytes N] [--max-pixels N] [--request-timeout 60]
@@ -21,6 +22,15 @@ images found in a folder keep their path relative to that folder; `-o NAME.png`
 with one input writes that file; `-` reads a photo from stdin. An output never
 replaces an input or a file bgmat did not write (it gets the next free name
 <name>-2, ...); folders skip bgmat's own outputs and non-images, and say so.
+
+Video (clip.mp4, .mov, .mkv, .webm, ...; needs `pip install bgmat[video]`):
+OUTDIR/<name>.webm for rgba (VP9 with alpha), .mp4 for the other formats
+(H.264; alpha is the matte in grey), or --video-container mov (ProRes 4444)
+or png (a folder of frames); `-o NAME.webm|.mp4|.mov` for one clip. Frame
+count, size, timing and audio are kept. --temporal-smoothing S (0 <= S < 1,
+default 0, off) averages the pre-segmentation over frames where the picture
+does not move (bgmat.video); --sequence applies it to the images of a folder,
+taken as the frames of one clip in name order.
 
 Resolution: the pre-segmentation runs at the working size (--size, default
 the training size); the matting at the photo's own size (at most --max-side),
@@ -64,7 +74,9 @@ def _remove(args) -> int:
       skip_existing=args.skip_existing, save_alpha=args.save_alpha,
       batch_size=args.batch_size, workers=args.workers,
       keep_transparency=args.keep_transparency, max_pixels=args.max_pixels or remove.MAX_PIXELS,
-      progress=False if args.quiet else None, log_written=not args.quiet)
+      progress=False if args.quiet else None, log_written=not args.quiet,
+      video_container=args.video_container, video_batch_size=args.video_batch_size,
+      temporal_smoothing=args.temporal_smoothing, sequence=args.sequence)
   skipped = f', {len(summary.skipped)} skipped (exist)' if summary.skipped else ''
   ignored = ''
   if summary.ignored:
@@ -79,6 +91,20 @@ def _remove(args) -> int:
 
 
 def _export(args) -> int:
+  if args.format != 'bgmat':
+    from bgmat import export_onnx  # pylint: disable=g-import-not-at-top
+    try:
+      done = export_onnx.export_workdir(args.workdir, args.out, format=args.format,
+                                        working_size=args.size)
+    except (ImportError, ValueError) as e:
+      print(f'error: {e}', file=sys.stderr)
+      return 1
+    shapes = lambda values: ', '.join(f'{n} {tuple(d)}' for n, d in values)
+    print(f'{args.out}: {args.format}, working size {done.metadata["working_size"]}; '
+          f'inputs {shapes(done.inputs)}; outputs {shapes(done.outputs)}; '
+          f'max |alpha - JAX| {done.max_abs_diff:.2e} (ONNX Runtime CPU, tolerance '
+          f'{export_onnx.TOLERANCE:g})')
+    return 0
   from bgmat import export  # pylint: disable=g-import-not-at-top
   platforms = tuple(p.strip() for p in args.platforms.split(',') if p.strip())
   header = export.export_workdir(args.workdir, args.out, working_size=args.size,
@@ -139,6 +165,17 @@ def _serve(args) -> int:
   return 0
 
 
+def _smoothing(text: str) -> float:
+  """argparse type of --temporal-smoothing: a number in [0, 1)."""
+  try:
+    value = float(text)
+  except ValueError:
+    value = -1.0
+  if not 0.0 <= value < 1.0:
+    raise argparse.ArgumentTypeError(f'{text!r}: expected a number in [0, 1), e.g. 0.6')
+  return value
+
+
 def _positive_float(text: str) -> float:
   try:
     value = float(text)
@@ -156,6 +193,7 @@ def _demo(args) -> int:
 
 
 def main(argv=None) -> int:
+  from bgmat import foreground  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(prog='bgmat', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest='command', required=True)
@@ -171,8 +209,8 @@ def main(argv=None) -> int:
                                                       'composite'), help='What to write.')
   p.add_argument('--bg', default='white',
                  help='composite background: a colour (white, #00ff00) or an image path.')
-  p.add_argument('--foreground-method', default='blur_fusion',
-                 choices=('blur_fusion', 'multilevel', 'none'),
+  p.add_argument('--foreground-method', default=foreground.DEFAULT_METHOD,
+                 choices=foreground.METHODS,
                  help='Colours of soft edges (rgba, foreground, composite); none = photo.')
   p.add_argument('--recursive', action='store_true', help='Descend into subfolders / **.')
   existing = p.add_mutually_exclusive_group()
@@ -197,13 +235,29 @@ def main(argv=None) -> int:
   p.add_argument('--keep-transparency', action='store_true',
                  help="An input's own alpha (RGBA, LA, transparent GIF/PNG) bounds the "
                  'matte: transparent pixels stay transparent.')
+  p.add_argument('--video-container', choices=('webm', 'mp4', 'mov', 'png'), default=None,
+                 help='Videos: webm (VP9, default for rgba), mp4 (H.264, default for the '
+                 'others; no alpha), mov (ProRes 4444) or png (a folder of frames).')
+  p.add_argument('--video-batch-size', type=_positive, default=None,
+                 help='Video frames per model call (default: max(--batch-size, 4)).')
+  p.add_argument('--temporal-smoothing', type=_smoothing, default=0.0,
+                 help='0 <= S < 1: average the pre-segmentation over video frames where '
+                 'the picture is still (damps flicker; 0 = off, the default).')
+  p.add_argument('--sequence', action='store_true',
+                 help='The images are frames of one clip (name order): smooth across them '
+                 '(needs --temporal-smoothing).')
   p.add_argument('-q', '--quiet', action='store_true',
                  help='No progress bar and no per-photo lines (errors still shown).')
   p.set_defaults(fn=_remove)
   p = sub.add_parser('export', help='Write a trained run as one self-contained file.')
   p.add_argument('--workdir', required=True, help='A trained matting run.')
   p.add_argument('--out', required=True, help='The file to write.')
-  p.add_argument('--platforms', default='cpu,cuda', help='Comma separated (cpu, cuda, tpu).')
+  p.add_argument('--format', default='bgmat', choices=('bgmat', 'onnx', 'onnx-rembg'),
+                 help='bgmat: jax.export zip (default); onnx: both stages in one ONNX graph, '
+                 "dynamic batch and sides; onnx-rembg: rembg's u2net_custom convention "
+                 '(bgmat.export_onnx). ONNX files are checked with ONNX Runtime.')
+  p.add_argument('--platforms', default='cpu,cuda',
+                 help='Comma separated (cpu, cuda, tpu); --format bgmat only.')
   p.add_argument('--size', type=int, default=None, help='Working size (default: training).')
   p.add_argument('--bucket-sides', '--bucket_sides', type=_sides, default=None,
                  help='Default matting buckets named in the file (the model itself '
@@ -247,6 +301,12 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   if args.command in ('remove', 'serve') and args.model and args.size:
     parser.error('--size is fixed by the exported model; leave it out with --model')
+  if args.command == 'remove':
+    if args.format == 'rgba' and args.video_container == 'mp4':
+      parser.error('mp4 (H.264) has no alpha channel; for --format rgba use '
+                   '--video-container webm, mov or png')
+    if args.sequence and not args.temporal_smoothing:
+      parser.error('--sequence smooths across frames; give --temporal-smoothing S (0 < S < 1)')
   return args.fn(args)
 
 

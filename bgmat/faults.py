@@ -8,7 +8,7 @@
 * Non-finite losses (`config.nonfinite`): 'stop' raises before any save, naming
   the first bad step, so the last good checkpoint is never overwritten; 'skip'
   drops the step's update inside the jitted step and counts it in
-  `state['skipped_steps']`.
+  `state.skipped_steps` (`stages.TrainState`).
 * Debug knobs (`config.debug`), for tests of the above: `nan_at_step` turns that
   step's loss into NaN inside the jitted step, `hang_at_step` blocks the loop
   after that step, before its logs and checkpoint, once earlier saves are
@@ -62,8 +62,8 @@ def guard_nonfinite(step_fn: Callable, mode: str) -> Callable:
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in metrics.values()]))
     if mode == 'skip':
       kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
-      new_state = dict(kept, step=new_state['step'],
-                       skipped_steps=state['skipped_steps'] + (~finite).astype(jnp.int32))
+      new_state = kept.replace(step=new_state.step,
+                               skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
     return new_state, dict(metrics, finite=finite)
 
   return guarded

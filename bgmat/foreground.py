@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 METHODS = ('blur_fusion', 'multilevel', 'none')
+# The one default of every entry point (CLI, Python API, server, video).
+DEFAULT_METHOD = 'blur_fusion'
 
 # The paper's window sizes (r=90 then r=6) suit photos of about this size;
 # they are scaled with the long side so a thumbnail is not one blurred window.

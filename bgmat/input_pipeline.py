@@ -145,12 +145,6 @@ def perturb_mask(alpha: np.ndarray, rng: np.random.Generator,
   return np.clip(prior, 0.0, 1.0)[..., None]
 
 
-def _trimap01(alpha_u8: np.ndarray, radius: int) -> np.ndarray:
-  """(H, W, 1) float32 trimap in {0, 0.5, 1} from a (H, W, 1) uint8 alpha."""
-  trimap = trimap_lib.trimap_from_alpha(alpha_u8[..., 0], radius)
-  return (trimap.astype(np.float32) / 255.0).round(1)[..., None]
-
-
 def letterbox(array: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int]]:
   """(size, size, C) uint8: the long side resized to `size`, bottom/right
   edge-padded, as `bgmat.resolution.letterbox` prepares photos for
@@ -215,7 +209,7 @@ class Augment:
         'alpha': alpha,
         'fg': fg,
         'bg': bg,
-        'trimap': _trimap01(alpha_u8, self.trimap_radius),
+        'trimap': trimap_lib.trimap01_from_alpha(alpha_u8, self.trimap_radius),
     }
     if self.prior == 'perturbed_gt':
       example['prior'] = perturb_mask(alpha, rng)
@@ -237,7 +231,7 @@ class Prepare:
     example = {k: letterbox(record[k], self.image_size)[0].astype(np.float32) / 255.0
                for k in _RGB_KEYS}
     example['alpha'] = alpha_u8.astype(np.float32) / 255.0
-    example['trimap'] = _trimap01(alpha_u8, self.trimap_radius)
+    example['trimap'] = trimap_lib.trimap01_from_alpha(alpha_u8, self.trimap_radius)
     example['valid'] = np.float32(1.0)
     example['region'] = np.asarray(region, np.int32)
     return example

@@ -15,6 +15,10 @@ it takes the next free name `<stem>-2`, `<stem>-3`, ... Existing bgmat
 outputs are replaced (or kept with `skip_existing`). Every file is written
 atomically (a hidden temporary file in the same folder, then a rename).
 
+Videos (`bgmat.video`): a clip becomes OUT_DIR/<stem>.webm (rgba, VP9 with
+alpha) or .mp4 (alpha, foreground, composite), or .mov / a PNG sequence folder
+<stem>/ (`video_container`), audio kept; `-o NAME.webm|.mp4|.mov` for one clip.
+
 Failures: a problem with the output location is an `OutputError` before any
 work (`prepare_output`, which the CLI calls before the model loads). Any
 failure of one photo (decode, matting, foreground estimation, rendering,
@@ -40,8 +44,10 @@ from PIL import PngImagePlugin
 import tqdm
 
 from bgmat import atomic
+from bgmat import foreground
 from bgmat import image_io
 from bgmat import remover as remover_lib
+from bgmat import video
 
 # Extensions of files written by earlier versions; folder scans now take any
 # file Pillow identifies (`expand_inputs`).
@@ -49,7 +55,7 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.tif', '.tiff', '
 # The mark in bgmat's outputs: PNG text 'Software', JPEG comment.
 OUTPUT_MARK = 'bgmat'
 # Temporary files of `save_image_atomic` (and of earlier versions: no leading dot).
-_TEMP = re.compile(r'\.tmp-(\d+)\.(png|jpe?g)$', re.IGNORECASE)
+_TEMP = re.compile(r'\.tmp-(\d+)\.(png|jpe?g|mp4|webm|mov)$', re.IGNORECASE)
 _WRITTEN_FORMATS = {'.png': 'PNG', '.jpg': 'JPEG', '.jpeg': 'JPEG'}
 
 
@@ -89,7 +95,9 @@ def save_png_atomic(array: np.ndarray, path: str) -> None:
 
 
 def is_bgmat_output(path: str) -> bool:
-  """Whether `path` is a PNG / JPEG that bgmat wrote (its mark, header only)."""
+  """Whether `path` is a PNG / JPEG / video that bgmat wrote (its mark, header only)."""
+  if video.has_video_extension(path):
+    return video.is_bgmat_video(path)
   if os.path.splitext(path)[1].lower() not in _WRITTEN_FORMATS:
     return False
   try:
@@ -163,6 +171,8 @@ def prepare_output(output: str, inputs: Sequence[str], format: str = 'rgba'  # p
       the format cannot be written as.
   """
   output = os.path.abspath(os.fspath(output))
+  if video.has_video_extension(output) and not os.path.isdir(output):
+    return _video_file_output(output, inputs, format)
   if _extension_format(output) and not os.path.isdir(output):
     single = len(inputs) == 1 and (inputs[0] == '-' or os.path.isfile(inputs[0]))
     if not single:
@@ -180,6 +190,22 @@ def prepare_output(output: str, inputs: Sequence[str], format: str = 'rgba'  # p
     return Output(folder, output)
   _writable_folder(output)
   return Output(output)
+
+
+def _video_file_output(output: str, inputs: Sequence[str],
+                       format: str) -> Output:  # pylint: disable=redefined-builtin
+  """`-o NAME.webm|.mp4|.mov`: one video input written to that file."""
+  if len(inputs) != 1 or not os.path.isfile(inputs[0]) or not video.is_video(inputs[0]):
+    raise OutputError(f'-o {output} names a video file; the input must be one video file')
+  try:
+    container = video.container_of(output)
+    video.check_container(container, format)
+  except ValueError as e:
+    raise OutputError(f'-o {output}: {e}') from e
+  if os.path.exists(output) and os.path.samefile(inputs[0], output):
+    raise OutputError(f'-o {output} is the input itself; inputs are never overwritten')
+  _writable_folder(os.path.dirname(output))
+  return Output(os.path.dirname(output), output)
 
 
 def _writable_folder(folder: str) -> None:
@@ -205,8 +231,8 @@ def _identify(path: str) -> str | None:
     return 'temporary file of an interrupted run'
   if is_bgmat_output(path):
     return 'written by bgmat (an output of an earlier run)'
-  if _extension_format(path):
-    return None  # An image by its name; a broken one is reported when decoded.
+  if _extension_format(path) or video.has_video_extension(path):
+    return None  # An image or video by its name; a broken one is reported when decoded.
   try:
     with Image.open(path):
       return None
@@ -333,7 +359,11 @@ class _Names:
     file_id = _file_id(path)
     if file_id is None:
       return not os.path.lexists(path)
-    return file_id not in self.input_ids and os.path.isfile(path) and is_bgmat_output(path)
+    if file_id in self.input_ids:
+      return False
+    if os.path.isdir(path):  # A PNG sequence of an earlier run is replaced.
+      return video.is_bgmat_video(path)
+    return os.path.isfile(path) and is_bgmat_output(path)
 
   def pick(self, folder: str, rel_stem: str, ext: str, alpha: bool) -> tuple[str, str]:
     """-> (output path, alpha path): the first free `<stem>`, `<stem>-2`, ..."""
@@ -352,12 +382,13 @@ class _Names:
 
 def process_inputs(remover, inputs: Sequence[str], out_dir: str, *,
                    format: str = 'rgba',  # pylint: disable=redefined-builtin
-                   bg: Any = 'white', foreground_method: str = 'blur_fusion',
+                   bg: Any = 'white', foreground_method: str = foreground.DEFAULT_METHOD,
                    recursive: bool = False, skip_existing: bool = False,
                    save_alpha: bool = False, batch_size: int = 1, workers: int = 2,
                    keep_transparency: bool = False, max_pixels: int | None = None,
-                   progress: bool | None = False, log=print, log_written: bool = True
-                   ) -> Summary:
+                   progress: bool | None = False, log=print, log_written: bool = True,
+                   video_container: str | None = None, video_batch_size: int | None = None,
+                   temporal_smoothing: float = 0.0, sequence: bool = False) -> Summary:
   """Cuts out every input (files, folders, globs, '-') into `out_dir` (a folder, or
   one file for one input, see `prepare_output`); one bad input never stops the
   others. Outputs: OUT_DIR/<stem>.png (.jpg for composite), in input order,
@@ -369,8 +400,20 @@ def process_inputs(remover, inputs: Sequence[str], out_dir: str, *,
   per photo is kept but its output path, so memory stays flat over any number
   of photos.
 
+  Videos (`video.is_video`: by extension, or probed when named) are written
+  by `video.remove_video` as OUT_DIR/<stem>.webm (rgba) or .mp4 (the other
+  formats), or in `video_container` ('webm', 'mp4', 'mov', 'png': a folder
+  <stem>/ of frames); `-o NAME.webm|.mp4|.mov` for one video. One video is one
+  item of the run: a bad one is a failure naming it, and the run goes on.
+
   Args:
     keep_transparency: an input's own alpha bounds the matte (`constrain_alpha`).
+    video_batch_size: video frames per model call (default max(batch_size, 4)).
+    temporal_smoothing: s in [0, 1) of `video.PriorSmoother` for videos (and,
+      with `sequence`, for images); 0 is off.
+    sequence: the images are frames of one sequence, in their sorted order:
+      the prior is smoothed across them (needs temporal_smoothing > 0); it
+      starts afresh in each folder and at a new frame size or scene cut.
     max_pixels: bgmat's pixel limit (default: the remover's).
     progress: a tqdm bar (images/s) on stderr; None: only when stderr is a terminal.
     log: called with one line per event; `log_written=False` keeps only errors.
@@ -383,6 +426,12 @@ def process_inputs(remover, inputs: Sequence[str], out_dir: str, *,
     raise ValueError(f'Unknown format {format!r}; known: {list(remover_lib.FORMATS)}')
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}')
+  if video_container is not None:
+    video.check_container(video_container, format)
+  if sequence and not temporal_smoothing:
+    raise ValueError('sequence smooths the prior across frames: give temporal_smoothing > 0')
+  smoother = video.PriorSmoother(temporal_smoothing) if sequence else None
+  video_batch_size = video_batch_size or max(batch_size, 4)
   if format == 'composite':
     bg = remover_lib.parse_background(bg)  # Fail before any work; read a photo once.
   inputs = [os.fspath(i) for i in inputs]
@@ -404,8 +453,30 @@ def process_inputs(remover, inputs: Sequence[str], out_dir: str, *,
 
   names = _Names({i for i in (_file_id(p) for p, _ in planned if p != '-') if i})
   ext = remover_lib._EXTENSIONS[format]  # pylint: disable=protected-access
-  todo, folders = [], set()
+  todo, folders, videos = [], set(), []
   for path, rel_stem in planned:
+    if path != '-' and video.is_video(path):
+      container = video_container or video.DEFAULT_CONTAINER[format]
+      if output.file:
+        target = output.file
+        if not video.has_video_extension(target):
+          message = (f'{path}: a video is written into a folder or to -o NAME.webm, .mp4 '
+                     f'or .mov, not {target}')
+          log(f'error: {message}')
+          summary.failures.append((path, message))
+          bar.update()
+          continue
+        container = video.container_of(target)
+      else:
+        target, _ = names.pick(output.folder, rel_stem, video.EXTENSIONS[container], False)
+      if skip_existing and os.path.exists(target):
+        if log_written:
+          log(f'{path}: {target} exists, skipped')
+        summary.skipped.append(path)
+        bar.update()
+        continue
+      videos.append((path, target, container))
+      continue
     if output.file:
       target = output.file
       alpha_target = os.path.splitext(target)[0] + '_alpha.png'
@@ -450,12 +521,27 @@ def process_inputs(remover, inputs: Sequence[str], out_dir: str, *,
     if log_written:
       log(f'{path} -> {target}')
 
+  def smoothed_priors(loaded):
+    """The sequence's smoothed priors of the window, in order (None: no sequence)."""
+    if smoother is None:
+      return None
+    priors = []
+    rgbs = [p.rgb for _, p in loaded]
+    for (item, _), rgb, prior in zip(loaded, rgbs, remover.presegment(rgbs, batch_size)):
+      folder = os.path.dirname(os.path.abspath(item[0]))
+      if folder != smoothed_priors.folder:
+        smoother.reset()
+        smoothed_priors.folder = folder
+      priors.append(smoother(prior, rgb))
+    return priors
+  smoothed_priors.folder = None
+
   def matte(loaded):
     """[(item, Photo)] -> [alpha or exception]: the window at once, or one by one
     when it fails, so only the photo at fault is lost."""
     try:
       results = remover.predict_batch([p.rgb for _, p in loaded], batch_size,
-                                      with_preseg=False)
+                                      with_preseg=False, priors=smoothed_priors(loaded))
       return [r['alpha'] for r in results]
     except Exception:  # pylint: disable=broad-except
       if len(loaded) == 1:
@@ -490,6 +576,26 @@ def process_inputs(remover, inputs: Sequence[str], out_dir: str, *,
         bar.update()
       loaded = []
       _return_freed_memory()
+  if videos and save_alpha and format != 'alpha' and log_written:
+    log('note: --save-alpha is for photos; a video\'s matte is --format alpha')
+  for path, target, container in videos:
+    try:
+      info = video.remove_video(
+          remover, path, target, format=format, container=container, bg=bg,
+          foreground_method=foreground_method, batch_size=video_batch_size,
+          temporal_smoothing=temporal_smoothing, max_pixels=max_pixels)
+    except image_io.InputError as e:  # video.VideoError: names the file.
+      fail(path, str(e))
+    except Exception as e:  # pylint: disable=broad-except  # One video never stops the run.
+      fail(path, f'{path}: video failed ({_describe(e)})')
+    else:
+      summary.written.append(target)
+      if log_written:
+        log(f'{path} -> {target} ({info.frames} frames, {info.width}x{info.height}, '
+            f'{float(info.frame_rate or 0):.3g} frames/s, audio '
+            f'{info.audio or "none"}, {info.frames / info.seconds:.2f} frames/s)')
+    bar.update()
+    _return_freed_memory()
   bar.close()
   return summary
 

@@ -81,7 +81,7 @@ class Remover:
   the photos it reads (bgmat's, default 100 MP; larger ones are refused).
 
   The generator was trained on crops whose prior is the pre-segmentation of
-  that same crop, image and prior at one resolution (`train.matting_step`).
+  that same crop, image and prior at one resolution (`stages.MattingStage.step`).
   Here it sees the photo at a higher resolution than in training, the prior
   upsampled from the working size: this is how matting refiners are used. The
   network is fully convolutional and refines the prior's edges from local
@@ -95,12 +95,16 @@ class Remover:
     matting_vars = jax.device_put(matting_vars)
     preseg_vars = jax.device_put(preseg_vars)
 
+    from bgmat import runs  # pylint: disable=g-import-not-at-top
+
     def preseg_apply(variables, image):
-      return jax.nn.sigmoid(preseg_model.apply(variables, image, train=False))
+      return runs.preseg_probability(preseg_model, variables, image)
 
     def matting_apply(variables, image, prior):
       return matting_model.apply(variables, image, prior, train=False)
 
+    # The modules and weights, for `bgmat export --format onnx` (bgmat.export_onnx).
+    self.stages = {'preseg': (preseg_model, preseg_vars), 'matting': (matting_model, matting_vars)}
     # Closures over the weights, for `bgmat export` (weights become constants).
     self.preseg_fn = functools.partial(preseg_apply, preseg_vars)
     self.matting_fn = functools.partial(matting_apply, matting_vars)
@@ -204,8 +208,10 @@ class Remover:
     remover._matting_call = jax.jit(remover._counted('matting', functions['matting'].call))
     return remover
 
-  def _presegment(self, images: Sequence[np.ndarray], batch_size: int) -> list[np.ndarray]:
-    """Pre-segmentation of each photo at the working size: [(h, w) float32], h, w <= S."""
+  def presegment(self, images: Sequence[np.ndarray], batch_size: int = 1) -> list[np.ndarray]:
+    """[(H, W, 3) uint8] -> the pre-segmentation probability of each photo at the
+    working size S: [(h, w) float32 in [0, 1]], the letterboxed photo's area
+    (h, w <= S, long side S). What `predict_batch(priors=...)` takes back."""
     priors = []
     for start in range(0, len(images), batch_size):
       boxed = [resolution.letterbox(image, self.working_size)
@@ -216,15 +222,25 @@ class Remover:
     return priors
 
   def predict_batch(self, images: Sequence[np.ndarray], batch_size: int = 1,
-                    with_preseg: bool = True) -> list[dict[str, np.ndarray]]:
+                    with_preseg: bool = True, priors: Sequence[np.ndarray] | None = None
+                    ) -> list[dict[str, np.ndarray]]:
     """[(H, W, 3) uint8] -> [{'alpha'[, 'preseg']}: (H, W) float32 in [0, 1]], same order.
 
     Photos (or tiles) of one bucket run together, `batch_size` at a time; a
     short batch is padded to `batch_size` so each bucket compiles once.
+    `priors`: the pre-segmentations to use, one per image as `presegment`
+    returns them (e.g. smoothed over video frames, `bgmat.video`); None runs
+    `presegment`.
+
+    Raises:
+      ValueError: `priors` not one per image.
     """
     if not len(images):
       return []
-    priors = self._presegment(images, batch_size)
+    if priors is None:
+      priors = self.presegment(images, batch_size)
+    elif len(priors) != len(images):
+      raise ValueError(f'{len(priors)} priors for {len(images)} images')
     # Jobs: (photo index, bucket, image crop (h, w, 3) uint8, prior crop (h, w), where).
     jobs, sums = [], {}
     for index, (image, prior) in enumerate(zip(images, priors)):
@@ -302,13 +318,13 @@ class Remover:
     """
     return self._alpha(self.read(image), keep_transparency)
 
-  def __call__(self, image: Any, foreground_method: str = 'none',
+  def __call__(self, image: Any, foreground_method: str = foreground.DEFAULT_METHOD,
                keep_transparency: bool = False):
     """RGBA cut-out: numpy (or path) in -> (H, W, 4) uint8 numpy out; PIL in -> PIL
     out (upright, with the photo's ICC profile).
 
-    The colours are the photo's own unless `foreground_method` is set
-    ('blur_fusion' or 'multilevel', see `bgmat.foreground`).
+    The colours are the estimated foreground (`bgmat.foreground`; default
+    'blur_fusion', as the CLI), or the photo's own with foreground_method='none'.
     """
     photo = self.read(image)
     rgba = render(photo.rgb, self._alpha(photo, keep_transparency), 'rgba',
@@ -321,7 +337,7 @@ class Remover:
     return out
 
   def cutout(self, image: Any, format: str = 'rgba',  # pylint: disable=redefined-builtin
-             bg: Any = 'white', foreground_method: str = 'blur_fusion',
+             bg: Any = 'white', foreground_method: str = foreground.DEFAULT_METHOD,
              keep_transparency: bool = False) -> np.ndarray:
     """One output of FORMATS as uint8: rgba (H, W, 4), alpha (H, W), foreground or composite
     (H, W, 3). `bg` (composite only): a colour name / '#rrggbb', an RGB tuple, or an image."""
@@ -379,7 +395,7 @@ def _cover(photo: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def render(rgb: np.ndarray, alpha: np.ndarray,
            format: str = 'rgba',  # pylint: disable=redefined-builtin
-           bg: Any = 'white', foreground_method: str = 'blur_fusion') -> np.ndarray:
+           bg: Any = 'white', foreground_method: str = foreground.DEFAULT_METHOD) -> np.ndarray:
   """rgb (H, W, 3) uint8 + alpha (H, W) float32 -> the uint8 output of `format`."""
   if format not in FORMATS:
     raise ValueError(f'Unknown format {format!r}; known: {list(FORMATS)}')

@@ -55,6 +55,7 @@ from bgmat import metrics as metrics_lib  # noqa: E402  pylint: disable=g-import
 from bgmat import report_extras  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 from bgmat import report_stats as stats  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 from bgmat import runs as runs_lib  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from bgmat import trimap as trimap_lib  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 from bgmat import writers  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 import configs.closed_form as closed_form_configs  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -306,8 +307,8 @@ def sample_columns(runs: list[Run], args, count: int = 4) -> dict:
   for run in runs:
     if run.config.stage == 'matting':
       columns[run.name] = _predictor(run, preseg_prob_fn(matting_preseg(run, args)))(images)
-  trimaps = np.stack([baselines.trimap_from_prob(p, cf.fg_threshold, cf.bg_threshold,
-                                                 cf.band_radius) for p in prob])
+  trimaps = np.stack([trimap_lib.trimap_from_probability(p, cf.fg_threshold, cf.bg_threshold,
+                                                         cf.band_radius) for p in prob])
   columns['trimap (pre-seg)'] = trimaps
   columns['closed-form'] = baselines.closed_form_batch(images, trimaps, cf.cg_maxiter)
   return columns

@@ -8,7 +8,7 @@ the checkpoint reader.
 The rule for which weights a run is used with (`eval_variables`): a matting run
 with `config.eval_ema` uses its exponential moving averages of the parameters
 AND of the BatchNorm statistics (`ema_params`, `ema_batch_stats`, both
-bias-corrected, see `train.ema_update`); everything else uses the live
+bias-corrected, see `stages.ema_update`); everything else uses the live
 parameters and statistics.
 """
 

@@ -72,6 +72,7 @@ from PIL import Image
 from PIL import ImageColor
 import psutil
 
+from bgmat import foreground
 from bgmat import image_io
 from bgmat import remover as remover_lib
 
@@ -79,7 +80,6 @@ log = logging.getLogger('bgmat.serve')
 
 # Latency histogram bucket bounds (seconds), Prometheus style (cumulative).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-_FOREGROUND_METHODS = ('blur_fusion', 'multilevel', 'none')
 _MEDIA_TYPES = {'rgba': 'image/png', 'alpha': 'image/png', 'foreground': 'image/png',
                 'composite': 'image/jpeg'}
 # image_io.InputError reasons -> HTTP status.
@@ -265,7 +265,7 @@ class Options:
   """The output a request asks for (names and meaning of `bgmat remove`)."""
   format: str = 'rgba'
   bg: tuple[int, int, int] = (255, 255, 255)
-  foreground_method: str = 'blur_fusion'
+  foreground_method: str = foreground.DEFAULT_METHOD
   keep_transparency: bool = False
 
 
@@ -309,9 +309,9 @@ def parse_options(fields: dict[str, str]) -> Options:
                          '(white) or #rrggbb; background images are not taken by the '
                          'server') from None
   method = fields.get('foreground_method', options.foreground_method)
-  if method not in _FOREGROUND_METHODS:
+  if method not in foreground.METHODS:
     raise RequestError(400, 'bad_request', f'foreground_method={method!r}: expected one of '
-                       f'{", ".join(_FOREGROUND_METHODS)}')
+                       f'{", ".join(foreground.METHODS)}')
   options.foreground_method = method
   options.keep_transparency = _bool('keep_transparency', fields.get('keep_transparency', ''))
   return options

@@ -108,6 +108,44 @@ def random_trimap_from_alpha(alpha, rng: np.random.Generator,
   return trimap_from_alpha(alpha, radius, shape)
 
 
+def trimap01_from_alpha(alpha, radius: int, shape: str = 'square') -> np.ndarray:
+  """`trimap_from_alpha` on the float grid: (H, W, 1) float32 in {0, 0.5, 1}
+  (background, unknown, foreground), the form training batches and the
+  baselines carry. alpha: (H, W) or (H, W, 1), uint8 or float in [0, 1]."""
+  trimap = trimap_from_alpha(alpha, radius, shape)
+  trimap = trimap[..., 0] if trimap.ndim == 3 else trimap
+  return (trimap.astype(np.float32) / 255.0).round(1)[..., None]
+
+
+def trimap_from_probability(prob, fg_threshold: float, bg_threshold: float, radius: int,
+                            shape: str = 'square') -> np.ndarray:
+  """Trimap from a foreground probability (a segmenter's output), float grid.
+
+  Sure foreground: no pixel with prob < fg_threshold within `radius`; sure
+  background: no pixel with prob > bg_threshold within `radius`; the rest
+  unknown. That is `trimap_from_alpha` of the three-level map (1 where
+  prob >= fg_threshold, 0 where prob <= bg_threshold, 0.5 between), so the
+  neighbourhood and border conventions are the module's.
+
+  Args:
+    prob: (H, W) or (H, W, 1) float in [0, 1].
+    fg_threshold, bg_threshold: with 0 <= bg_threshold < fg_threshold <= 1.
+  Returns:
+    float32 {0, 0.5, 1} with the shape of `prob`.
+  Raises:
+    ValueError: thresholds out of order.
+  """
+  if not 0.0 <= bg_threshold < fg_threshold <= 1.0:
+    raise ValueError(f'need 0 <= bg_threshold < fg_threshold <= 1, got {bg_threshold}, '
+                     f'{fg_threshold}')
+  prob = np.asarray(prob, np.float32)
+  levels = np.full(prob.shape, TRIMAP_UNKNOWN, np.uint8)
+  levels[prob >= fg_threshold] = TRIMAP_FG
+  levels[prob <= bg_threshold] = TRIMAP_BG
+  trimap = trimap01_from_alpha(levels, radius, shape)
+  return trimap if prob.ndim == 3 else trimap[..., 0]
+
+
 def unknown_mask(trimap):
   """Boolean mask of the unknown region of a trimap (numpy or JAX array).
 

@@ -46,3 +46,25 @@ def tiny_data(tmp_path_factory):
   from data_prep import synthetic_portraits  # pylint: disable=g-import-not-at-top
   data_dir = str(tmp_path_factory.mktemp('data'))
   return synthetic_portraits.build_synthetic(data_dir, 'tiny'), data_dir
+
+
+@pytest.fixture(scope='session')
+def matting_workdir(tiny_data, tmp_path_factory):
+  """A tiny matting run (2 steps, no adversary) on a tiny stage-1 run (2 steps):
+  `runs/matting` with `preseg_workdir='preseg'` (relative to its parent), as
+  `bgmat remove --workdir` sees a trained run. Shared by the removal, video
+  and export tests."""
+  from bgmat import train  # pylint: disable=g-import-not-at-top
+  import configs.matting as matting_configs  # pylint: disable=g-import-not-at-top
+  import configs.preseg as preseg_configs  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp('runs')
+  preseg = preseg_configs.get_config('tiny')
+  preseg.dataset, preseg.data_dir = tiny_data
+  preseg.num_train_steps, preseg.eval_test = 2, False
+  train.train_and_evaluate(preseg, str(root / 'preseg'))
+  matting = matting_configs.get_config('tiny,noadv')
+  matting.dataset, matting.data_dir = tiny_data
+  matting.num_train_steps, matting.eval_test = 2, False
+  matting.preseg_workdir = 'preseg'  # Relative to the workdir's parent.
+  train.train_and_evaluate(matting, str(root / 'matting'))
+  return str(root / 'matting')

@@ -15,6 +15,7 @@ import pytest
 
 from bgmat import checkpointing
 from bgmat import sharding
+from bgmat import stages
 from bgmat import train
 from bgmat import writers
 from tests import test_multihost as runs
@@ -68,8 +69,8 @@ def test_kill9_resumes_from_the_last_finished_checkpoint(tiny_data, tmp_path):
 def _abstract_state(config):
   mesh = sharding.create_mesh(config.mesh)
   key = jax.random.key(0, impl=config.rng_impl)
-  _, abstract, shardings = train.sharded_init(config, mesh, train.build_networks(config), key)
-  return checkpointing.abstract_with_shardings(abstract, shardings)
+  _, abstract, shardings = train.sharded_init(mesh, stages.get(config), key)
+  return checkpointing.abstract_with_shardings(abstract.to_dict(), shardings.to_dict())
 
 
 def test_damaged_latest_checkpoint_is_skipped(tiny_data, tmp_path, caplog):

@@ -12,31 +12,11 @@ from bgmat import cli
 from bgmat import export as export_lib
 from bgmat import remover as remover_lib
 from bgmat import resolution
-from bgmat import train
-import configs.matting as matting_configs
-import configs.preseg as preseg_configs
 
 # Tiny matting buckets (64 and 128 px long sides) keep compiles small; one CLI
 # test runs the product's default set.
 SIDES = '64,128'
 SMALL = resolution.Buckets(long_sides=(64, 128))
-
-
-@pytest.fixture(scope='module')
-def matting_workdir(tiny_data, tmp_path_factory):
-  root = tmp_path_factory.mktemp('runs')
-  preseg = preseg_configs.get_config('tiny')
-  preseg.dataset, preseg.data_dir = tiny_data
-  preseg.num_train_steps = 2
-  preseg.eval_test = False
-  train.train_and_evaluate(preseg, str(root / 'preseg'))
-  matting = matting_configs.get_config('tiny,noadv')
-  matting.dataset, matting.data_dir = tiny_data
-  matting.num_train_steps = 2
-  matting.eval_test = False
-  matting.preseg_workdir = 'preseg'  # Relative to the workdir's parent.
-  train.train_and_evaluate(matting, str(root / 'matting'))
-  return str(root / 'matting')
 
 
 def _photo(path, size, mode='RGB'):
@@ -84,9 +64,15 @@ def test_corrupt_input_is_reported_and_others_written(matting_workdir, tmp_path,
 def test_python_api_alpha_range_and_kinds(matting_workdir):
   rng = np.random.default_rng(1)
   image = rng.integers(0, 256, size=(37, 52, 3), dtype=np.uint8)
-  rgba = bgmat.remove(image, workdir=matting_workdir)
+  rgba = bgmat.remove(image, workdir=matting_workdir, foreground_method='none')
   assert rgba.shape == (37, 52, 4) and rgba.dtype == np.uint8
   np.testing.assert_array_equal(rgba[..., :3], image)
+  # One default for the edge colours, the CLI's (blur fusion), everywhere.
+  from bgmat import foreground  # pylint: disable=g-import-not-at-top
+  np.testing.assert_array_equal(
+      bgmat.remove(image, workdir=matting_workdir),
+      bgmat.remove(image, workdir=matting_workdir, foreground_method=foreground.DEFAULT_METHOD))
+  assert foreground.DEFAULT_METHOD == 'blur_fusion'
   remover = bgmat.Remover.from_workdir(matting_workdir)
   alpha = remover.alpha(image)
   assert alpha.shape == (37, 52) and alpha.dtype == np.float32
@@ -160,8 +146,10 @@ def test_python_cutout_and_foreground_methods(loaded_remover):
   image = np.random.default_rng(2).integers(0, 256, size=(24, 30, 3), dtype=np.uint8)
   remover = loaded_remover
   alpha = remover.alpha(image)
-  raw = remover(image)
-  np.testing.assert_array_equal(raw[..., :3], image)  # Default: the photo's colours.
+  raw = remover(image, foreground_method='none')
+  np.testing.assert_array_equal(raw[..., :3], image)  # 'none': the photo's colours.
+  # The default is the CLI's, blur fusion.
+  np.testing.assert_array_equal(remover(image), remover.cutout(image, format='rgba'))
   for method in ('blur_fusion', 'multilevel'):
     rgba = remover.cutout(image, format='rgba', foreground_method=method)
     np.testing.assert_array_equal(rgba[..., 3], np.round(alpha * 255).astype(np.uint8))

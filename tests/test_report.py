@@ -13,6 +13,7 @@ from bgmat import report
 from bgmat import report_extras
 from bgmat import report_stats
 from bgmat import train
+from bgmat import trimap as trimap_lib
 import configs.matting as matting_configs
 import configs.preseg as preseg_configs
 
@@ -38,7 +39,7 @@ def tiny_runs(tiny_data, tmp_path_factory):
 def test_trimap_from_prob_bands():
   prob = np.zeros((20, 20), np.float32)
   prob[5:15, 5:15] = 1.0
-  trimap = baselines.trimap_from_prob(prob, 0.9, 0.1, radius=2)
+  trimap = trimap_lib.trimap_from_probability(prob, 0.9, 0.1, radius=2)
   assert trimap[10, 10] == 1.0 and trimap[0, 0] == 0.0
   assert trimap[5, 10] == 0.5 and trimap[3, 10] == 0.5 and trimap[2, 10] == 0.0
   assert trimap[7, 10] == 1.0 and trimap[6, 10] == 0.5
@@ -51,7 +52,7 @@ def test_closed_form_recovers_a_clean_matte_from_the_gt_trimap():
   alpha[:, 11] = 0.5
   fg, bg = np.array([0.9, 0.2, 0.1]), np.array([0.1, 0.3, 0.8])
   image = alpha * fg + (1 - alpha) * bg + rng.normal(0, 0.005, (24, 24, 3))
-  pred = baselines.closed_form_alpha(np.clip(image, 0, 1), baselines.gt_trimap(alpha, 2))
+  pred = baselines.closed_form_alpha(np.clip(image, 0, 1), trimap_lib.trimap01_from_alpha(alpha, 2))
   assert np.abs(pred - alpha).max() < 0.1
 
 

@@ -1,6 +1,5 @@
 """Train steps: sharded == unsharded; end-to-end save / interrupt / resume."""
 
-import functools
 import os
 
 import jax
@@ -11,6 +10,7 @@ from bgmat import checkpointing
 from bgmat import input_pipeline
 from bgmat import models
 from bgmat import sharding
+from bgmat import stages
 from bgmat import train
 from bgmat import writers
 import configs.matting as matting_configs
@@ -27,21 +27,15 @@ def _batch(config, tiny_data):
 def _run_step(config, batch, devices):
   """One jitted step over a mesh of `devices`; returns (state, metrics) on host."""
   mesh = sharding.create_mesh([('data', -1)], devices)
-  model, tx, disc, disc_tx = train.build_networks(config)
+  stage = stages.get(config)
   rng = jax.random.key(0, impl=config.rng_impl)
-  init_fn, _, shardings = train.sharded_init(config, mesh, (model, tx, disc, disc_tx), rng)
+  init_fn, _, shardings = train.sharded_init(mesh, stage, rng)
   state = jax.jit(init_fn, out_shardings=shardings)(rng)
-  if config.stage == 'preseg':
-    step = functools.partial(train.preseg_step, model=model, tx=tx, config=config)
-    extra = ()
-  else:
-    step = functools.partial(train.matting_step, model=model, tx=tx, disc=disc,
-                             disc_tx=disc_tx, preseg_model=None, config=config)
-    extra = (None,)
-  jitted = jax.jit(step, in_shardings=(shardings, sharding.batch_sharding(mesh), None)
-                   + (None,) * len(extra), out_shardings=(shardings, None))
-  state, metrics = jitted(state, sharding.to_global(batch, mesh), rng, *extra)
-  return sharding.to_host(state), sharding.to_host(metrics)
+  # No frozen stage 1 here: the matting configs use the perturbed-gt prior.
+  jitted = jax.jit(stage.step, in_shardings=(shardings, sharding.batch_sharding(mesh), None, None),
+                   out_shardings=(shardings, None))
+  state, metrics = jitted(state, sharding.to_global(batch, mesh), rng, None)
+  return sharding.to_host(state.to_dict()), sharding.to_host(metrics)
 
 
 @pytest.mark.slow
@@ -118,10 +112,10 @@ def test_init_from_converted_encoder(tmp_path):
 
   mesh = sharding.create_mesh([('data', -1)])
   key = jax.random.key(0, impl=config.rng_impl)
-  init_fn, _, shardings = train.sharded_init(config, mesh, train.build_networks(config), key)
+  init_fn, _, shardings = train.sharded_init(mesh, stages.get(config), key)
   state = jax.jit(init_fn, out_shardings=shardings)(key)
   grafted = train._init_encoder_from(state, str(tmp_path / 'enc'), shardings)  # pylint: disable=protected-access
-  host = sharding.to_host(grafted)
+  host = sharding.to_host(grafted.to_dict())
   for path, value in jax.tree_util.tree_leaves_with_path(pretrained['params']):
     if 'head' in jax.tree_util.keystr(path):
       continue
@@ -130,7 +124,7 @@ def test_init_from_converted_encoder(tmp_path):
       target = target[key_entry.key]
     np.testing.assert_array_equal(target, value)
   np.testing.assert_array_equal(host['params']['logits']['kernel'],
-                                sharding.to_host(state['params'])['logits']['kernel'])
+                                sharding.to_host(state.params)['logits']['kernel'])
 
 
 @pytest.mark.slow
@@ -140,7 +134,7 @@ def test_bfloat16_compute_keeps_float32_state(tiny_data, tmp_path):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   config = _tiny_preseg(tiny_data, dtype='bfloat16', num_train_steps=2, eval_test=False,
                         profile_steps=1)
-  model = train.build_networks(config)[0]
+  model = stages.get(config).model
   assert model.dtype == jnp.bfloat16
   results = train.train_and_evaluate(config, str(tmp_path))
   losses = _train_losses(str(tmp_path))
@@ -165,13 +159,13 @@ def test_ema_update_is_bias_corrected():
   ema = {'w': np.float32(100.0)}  # the initial weights must leave no trace
   zero_started = 0.0
   for t, value in enumerate(values, start=1):
-    ema = train.ema_update(ema, {'w': value}, t, decay)
+    ema = stages.ema_update(ema, {'w': value}, t, decay)
     zero_started = decay * zero_started + (1 - decay) * value
     # float32: a few roundings of numbers up to 100 in magnitude.
     np.testing.assert_allclose(ema['w'], zero_started / (1 - decay ** t), rtol=0,
                                atol=16 * np.finfo(np.float32).eps * 100)
   np.testing.assert_allclose(
-      train.ema_update({'w': np.float32(7.0)}, {'w': np.float32(3.0)}, 1, decay)['w'], 3.0,
+      stages.ema_update({'w': np.float32(7.0)}, {'w': np.float32(3.0)}, 1, decay)['w'], 3.0,
       rtol=0, atol=8 * np.finfo(np.float32).eps * 7)
 
 

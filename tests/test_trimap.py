@@ -108,3 +108,40 @@ def test_jax_matches_numpy(shape, radius):
   assert result.shape == alphas.shape + (1,)
   np.testing.assert_array_equal(
       result[..., 0], np.where(expected == 128, 0.5, expected / 255.0))
+
+
+def test_trimap_from_probability_matches_its_definition():
+  """Brute force over each pixel's clipped (2r+1)^2 window: sure foreground iff
+  no prob < fg_threshold there, sure background iff no prob > bg_threshold."""
+  rng = np.random.default_rng(3)
+  prob = ndi.gaussian_filter(rng.random((23, 17)), 2.0)
+  prob = (prob - prob.min()) / (prob.max() - prob.min())
+  radius, fg, bg = 2, 0.7, 0.3
+  got = trimap_lib.trimap_from_probability(prob[..., None], fg, bg, radius)
+  assert got.shape == (23, 17, 1) and got.dtype == np.float32
+  want = np.full(prob.shape, 0.5, np.float32)
+  for y in range(prob.shape[0]):
+    for x in range(prob.shape[1]):
+      window = prob[max(0, y - radius):y + radius + 1, max(0, x - radius):x + radius + 1]
+      if not (window < fg).any():
+        want[y, x] = 1.0
+      elif not (window > bg).any():
+        want[y, x] = 0.0
+  np.testing.assert_array_equal(got[..., 0], want)
+  assert set(np.unique(got)) == {0.0, 0.5, 1.0}
+  np.testing.assert_array_equal(
+      trimap_lib.trimap_from_probability(prob, fg, bg, radius), got[..., 0])
+  with pytest.raises(ValueError, match='bg_threshold < fg_threshold'):
+    trimap_lib.trimap_from_probability(prob, 0.3, 0.7, radius)
+
+
+def test_trimap01_is_trimap_from_alpha_on_the_float_grid():
+  alpha = np.zeros((9, 9), np.float32)
+  alpha[2:7, 2:7] = 1.0
+  alpha[4, 4] = 0.5
+  got = trimap_lib.trimap01_from_alpha(alpha, 1)
+  assert got.shape == (9, 9, 1) and got.dtype == np.float32
+  np.testing.assert_array_equal(
+      got[..., 0] * 255, np.where(trimap_lib.trimap_from_alpha(alpha, 1) == 128, 127.5,
+                                  trimap_lib.trimap_from_alpha(alpha, 1)).astype(np.float32))
+  assert trimap_lib.unknown_mask(got).sum() == (trimap_lib.trimap_from_alpha(alpha, 1) == 128).sum()

@@ -203,14 +203,15 @@ def preseg_workdir(tiny_data, tmp_path_factory):
 def test_preseg_workdir_mask_source(preseg_workdir, photo_folder, tmp_path):
   import jax  # pylint: disable=g-import-not-at-top
   from bgmat import resolution  # pylint: disable=g-import-not-at-top
-  from bgmat import train  # pylint: disable=g-import-not-at-top
+  from bgmat import runs  # pylint: disable=g-import-not-at-top
   preseg, matting = preseg_workdir
   source = autolabel.PresegMasks(preseg)
   image = _example(0, size=70)['image'][:, :50]
   mask = source('x', image)
   assert mask.shape == (70, 50) and mask.dtype == np.uint8
   # Independently: letterbox to the run's size, sigmoid, crop, resize back.
-  module, variables = train.load_frozen_preseg(preseg)
+  stage = runs.load_preseg(preseg)
+  module, variables = stage.module, stage.variables
   boxed, (box_h, box_w) = resolution.letterbox(image, source.working_size)
   apply = jax.jit(lambda v, x: module.apply(v, x, train=False))  # Eager: 30 s on 2 cores.
   logits = np.asarray(apply(variables, boxed[None].astype(np.float32) / 255.0), np.float64)
