@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	printf '%s\n' $(TORCH_PINS) > $(VENV)/torch-constraints.txt
-	$(PY) -m pip install -q -c $(VENV)/torch-constraints.txt -e ".[test,torch,report,serve,video,onnx]" $(TORCH_PINS)
+	$(PY) -m pip install -q -c $(VENV)/torch-constraints.txt -e ".[test,torch,report,serve,video,onnx,beam]" $(TORCH_PINS)
 	# jax2onnx without its dependencies: its orbax pin is not needed (pyproject.toml, onnx).
 	$(PY) -m pip install -q --no-deps jax2onnx==0.17.1
 	$(PY) .ci/patch_torchvision.py
