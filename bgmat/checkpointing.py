@@ -117,9 +117,12 @@ def restore_state_only(checkpoint_dir: str, abstract_state: Any | None = None,
   """
   if os.path.isdir(os.path.join(checkpoint_dir, 'checkpoints')):
     checkpoint_dir = os.path.join(checkpoint_dir, 'checkpoints')
+  # Both items' handlers registered (only 'state' is read): with 'data' unknown,
+  # Orbax warns on every restore that it "could not be restored".
   manager = ocp.CheckpointManager(
       os.path.abspath(checkpoint_dir),
-      item_handlers={'state': ocp.StandardCheckpointHandler()})
+      item_handlers={'state': ocp.StandardCheckpointHandler(),
+                     'data': grain.checkpoint.CheckpointHandler()})
   steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
   if not steps:
     raise FileNotFoundError(f'No finished checkpoint in {checkpoint_dir}')

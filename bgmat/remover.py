@@ -19,9 +19,7 @@ a progress bar.
 """
 
 import collections
-import contextlib
 import functools
-import logging
 import os
 from typing import Any, Sequence
 import warnings
@@ -46,26 +44,6 @@ def load_image(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
   """Reads a photo as (H, W, 3) uint8 RGB, upright per its EXIF orientation
   (`image_io.read_photo`); raises InputError naming the file."""
   return image_io.read_photo(path, max_pixels).rgb
-
-
-class _UnrestoredItemFilter(logging.Filter):
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return 'was found in the checkpoint, but could not be restored' not in record.getMessage()
-
-
-@contextlib.contextmanager
-def _quiet_unrestored_items():
-  """Drops orbax's warnings about checkpoint items left unread on purpose."""
-  loggers = [logging.getLogger('absl')]
-  log_filter = _UnrestoredItemFilter()
-  for logger in loggers:
-    logger.addFilter(log_filter)
-  try:
-    yield
-  finally:
-    for logger in loggers:
-      logger.removeFilter(log_filter)
 
 
 class Remover:
@@ -150,12 +128,9 @@ class Remover:
     if config.stage != 'matting':
       raise ValueError(f'{workdir} is a {config.stage!r} run; pass the matting run\'s workdir')
     # One rule for the weights (runs.eval_variables): EMA parameters with their
-    # EMA BatchNorm statistics, as the run was evaluated. Both runs'
-    # checkpoints also hold the training input's iterator ('data'), which
-    # removal does not need; orbax warns about it at every load.
-    with _quiet_unrestored_items():
-      matting = runs.load_stage(workdir)
-      preseg = runs.load_preseg(workdir)
+    # EMA BatchNorm statistics, as the run was evaluated.
+    matting = runs.load_stage(workdir)
+    preseg = runs.load_preseg(workdir)
     return cls(matting.module, matting.variables, preseg.module, preseg.variables,
                working_size or config.image_size, **kwargs)
 

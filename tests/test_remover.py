@@ -90,8 +90,10 @@ def test_decompression_bomb_is_refused(tmp_path):
 
 def test_loading_a_run_logs_no_warnings_about_unread_items(matting_workdir, caplog):
   """Issue 14, kind 8: every CLI run printed four absl warnings about 'data'."""
+  from bgmat import runs  # pylint: disable=g-import-not-at-top
   with caplog.at_level(logging.WARNING):
     bgmat.Remover.from_workdir(matting_workdir, buckets=SMALL)
+    runs.load_preseg(matting_workdir)  # The report's and the baselines' path.
   assert not [r for r in caplog.records if 'could not be restored' in r.getMessage()]
 
 
