@@ -28,6 +28,7 @@ import time
 import numpy as np
 from PIL import Image
 
+from bgmat import report_stats
 from data_prep import matting_sets
 from data_prep import synthetic
 
@@ -128,7 +129,7 @@ def beam_main(args) -> str:
       f'`python -m bench.data_prep --beam --size {args.size} --num_photos {args.num_photos} '
       f'--num_bg {args.num_bg} --workers {args.workers}`', '',
       f'machine: {platform.machine()}, {os.cpu_count()} CPU cores '
-      f'({_cpu_model()}), shared with a running training job (load average '
+      f'({report_stats.cpu_model()}), shared with a running training job (load average '
       f'{os.getloadavg()[0]:.1f} at the end): absolute numbers are low and noisy, compare '
       'rows of one run', '',
       f'{args.num_photos} synthetic photos {args.size}x{args.size} with segmenter-like masks; '
@@ -147,17 +148,6 @@ def beam_main(args) -> str:
   lines += ['', f'Same alphas for every runner: {same_alphas}; same records (canonical '
             f'form): {same_records}']
   return '\n'.join(lines) + '\n'
-
-
-def _cpu_model() -> str:
-  try:
-    with open('/proc/cpuinfo', encoding='utf-8') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return 'unknown CPU'
 
 
 def main() -> None:

@@ -23,7 +23,6 @@ import argparse
 import datetime
 import glob
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -34,18 +33,9 @@ import numpy as np
 
 from bench import train_step as train_step_bench
 from bgmat import export_onnx
+from bgmat import report_stats
 from bgmat import image_io
 from bgmat.remover import Remover
-
-
-def _machine() -> str:
-  model = platform.processor() or platform.machine()
-  try:
-    with open('/proc/cpuinfo', encoding='utf-8') as f:
-      model = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
-  except (OSError, StopIteration):
-    pass
-  return f'{model}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}'
 
 
 def _demo_photos() -> list[tuple[str, np.ndarray]]:
@@ -88,7 +78,7 @@ def run(args) -> list[str]:
   remover = Remover.from_workdir(args.workdir)
   size = remover.working_size
   import onnxruntime  # pylint: disable=g-import-not-at-top
-  lines = [f'machine: {_machine()}; jax {jax.__version__}, onnxruntime {onnxruntime.__version__}, '
+  lines = [f'machine: {report_stats.machine_name()}; jax {jax.__version__}, onnxruntime {onnxruntime.__version__}, '
            f'{datetime.date.today().isoformat()}, load average at start '
            f'{" ".join(f"{x:.2f}" for x in os.getloadavg())}',
            f'model: {args.workdir} (working size {size})', '']

@@ -25,7 +25,6 @@ import concurrent.futures
 import http.client
 import io
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -38,22 +37,13 @@ import urllib.request
 from PIL import Image
 
 from bench import remove as remove_bench
+from bgmat import report_stats
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The benchmark's servers share one JAX compilation cache across runs.
 BENCH_ENV = {key: os.environ.get(key, default) for key, default in (
     ('JAX_COMPILATION_CACHE_DIR', os.path.join(tempfile.gettempdir(), 'bgmat_bench_jax_cache')),
     ('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5'))}
-
-
-def _machine() -> str:
-  model = platform.processor() or platform.machine()
-  try:
-    with open('/proc/cpuinfo') as f:
-      model = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
-  except (OSError, StopIteration):
-    pass
-  return f'{model}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}'
 
 
 def _loadavg() -> str:
@@ -180,7 +170,7 @@ def main(argv=None) -> None:
   levels = [int(c) for c in args.concurrency.split(',')]
   photos = [photo_bytes(args.side * 3 // 4, args.side, seed) for seed in range(8)]
   load_before = _loadavg()
-  lines = [f'Machine: {_machine()}; load average (1, 5, 15 min) {load_before} before.', '',
+  lines = [f'Machine: {report_stats.machine_name()}; load average (1, 5, 15 min) {load_before} before.', '',
            f'`bgmat serve --random-preset {args.preset}` (random weights), '
            f'{args.side * 3 // 4}x{args.side} PNG photos, format rgba (blur-fusion '
            f'foreground, PNG encode), {args.requests} requests per row; client threads on '

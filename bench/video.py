@@ -37,6 +37,7 @@ from scipy import ndimage
 
 from bgmat import atomic
 from bgmat import remover as remover_lib
+from bgmat import report_stats
 from bgmat import video
 from data_prep import synthetic
 
@@ -117,17 +118,6 @@ def _fps(remover, height: int, width: int, frames: int, fmt: str, container: str
     return info.frames / (time.perf_counter() - start)
 
 
-def _cpu_name() -> str:
-  try:
-    with open('/proc/cpuinfo', encoding='utf-8') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or 'unknown CPU'
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -144,7 +134,7 @@ def main():
   lines = [f'`python -m bench.video --workdir {args.workdir} --frames {args.frames} '
            f'--size {args.size} --fps-frames {args.fps_frames}`', '',
            f'{datetime.date.today()}; device {device.platform} ({device.device_kind}), '
-           f'{os.cpu_count()} CPUs, {platform.machine()} ({_cpu_name()}), '
+           f'{os.cpu_count()} CPUs, {platform.machine()} ({report_stats.cpu_model()}), '
            f'jax {jax.__version__}, PyAV {av.__version__}; working size {remover.working_size}.',
            '']
 

@@ -220,6 +220,11 @@ def cpu_model() -> str:
   return platform.processor() or platform.machine() or 'unknown CPU'
 
 
+def machine_name() -> str:
+  """'CPU model, N CPUs, OS release' of this machine (benchmark tables)."""
+  return f'{cpu_model()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}'
+
+
 def machine_line() -> str:
   """'CPU model, N cores (os.cpu_count), load average a b c' of this machine."""
   load = ''
