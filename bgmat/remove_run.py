@@ -454,6 +454,17 @@ def process_inputs(remover, inputs: Sequence[str], out_dir: str, *,
   names = _Names({i for i in (_file_id(p) for p, _ in planned if p != '-') if i})
   ext = remover_lib._EXTENSIONS[format]  # pylint: disable=protected-access
   todo, folders, videos = [], set(), []
+
+  def skip(path, target) -> bool:
+    """--skip-existing: True (and counted, logged) when target exists."""
+    if not (skip_existing and os.path.exists(target)):
+      return False
+    if log_written:
+      log(f'{path}: {target} exists, skipped')
+    summary.skipped.append(path)
+    bar.update()
+    return True
+
   for path, rel_stem in planned:
     if path != '-' and video.is_video(path):
       container = video_container or video.DEFAULT_CONTAINER[format]
@@ -469,11 +480,7 @@ def process_inputs(remover, inputs: Sequence[str], out_dir: str, *,
         container = video.container_of(target)
       else:
         target, _ = names.pick(output.folder, rel_stem, video.EXTENSIONS[container], False)
-      if skip_existing and os.path.exists(target):
-        if log_written:
-          log(f'{path}: {target} exists, skipped')
-        summary.skipped.append(path)
-        bar.update()
+      if skip(path, target):
         continue
       videos.append((path, target, container))
       continue
@@ -488,11 +495,7 @@ def process_inputs(remover, inputs: Sequence[str], out_dir: str, *,
         log(f'{path}: {wanted} is an input or a file bgmat did not write; writing '
             f'{target} instead')
     folders.add(os.path.dirname(target))
-    if skip_existing and os.path.exists(target):
-      if log_written:
-        log(f'{path}: {target} exists, skipped')
-      summary.skipped.append(path)
-      bar.update()
+    if skip(path, target):
       continue
     todo.append((path, target, alpha_target))
   for folder in folders:
