@@ -24,15 +24,20 @@ SIZE = 32
 BUCKETS = resolution.Buckets(long_sides=(64, 96), aspects=(0.5, 1.0))
 
 
-@pytest.fixture(scope='module')
-def remover():
+def tiny_random_remover(**kwargs) -> Remover:
+  """The tiny stages with deterministic random weights at working size SIZE
+  (also the ONNX export tests' model); kwargs go to Remover."""
   preseg = models.get_model('deeplabv3plus_tiny')
   matting = models.get_model('generator_tiny')
   image = jnp.zeros((1, SIZE, SIZE, 3))
   prior = jnp.zeros((1, SIZE, SIZE, 1))
   return Remover(matting, random_variables(matting, 1, image, prior, train=False),
-                 preseg, random_variables(preseg, 2, image, train=False), SIZE,
-                 buckets=BUCKETS, tile_overlap=16)
+                 preseg, random_variables(preseg, 2, image, train=False), SIZE, **kwargs)
+
+
+@pytest.fixture(scope='module')
+def remover():
+  return tiny_random_remover(buckets=BUCKETS, tile_overlap=16)
 
 
 @pytest.fixture(scope='module')

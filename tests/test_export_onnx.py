@@ -18,22 +18,15 @@ pytest.importorskip('jax2onnx', reason='needs jax2onnx: pip install --no-deps ja
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from bgmat import export_onnx
-from bgmat import models
-from bgmat.remover import Remover
-from tests.test_resolution import random_variables
+from tests.test_export import SIZE
+from tests.test_export import tiny_random_remover
 
 pytestmark = pytest.mark.slow
-SIZE = 32
 
 
 @pytest.fixture(scope='module')
 def remover():
-  preseg = models.get_model('deeplabv3plus_tiny')
-  matting = models.get_model('generator_tiny')
-  image = jnp.zeros((1, SIZE, SIZE, 3))
-  prior = jnp.zeros((1, SIZE, SIZE, 1))
-  return Remover(matting, random_variables(matting, 1, image, prior, train=False),
-                 preseg, random_variables(preseg, 2, image, train=False), SIZE)
+  return tiny_random_remover()
 
 
 @pytest.fixture(scope='module')
