@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image
 import psutil
 
+from bgmat import compile_cache
 from bgmat import remover as remover_lib
 from bgmat import resolution
 
@@ -138,7 +139,18 @@ def main():
                       help='Photos of random sizes in a second folder run (0: none).')
   parser.add_argument('--large-mp', type=float, default=0,
                       help='Megapixels of one large photo to time (0: none).')
+  parser.add_argument('--max-compiled', type=int, default=compile_cache.DEFAULT_BUDGET,
+                      help='Distinct shapes kept compiled, as `bgmat remove --max-compiled`.')
+  parser.add_argument('--compilation-cache', default=None,
+                      help='Persistent compilation cache folder (default: a new empty one, '
+                      "a first run's cold cache; none: off).")
   args = parser.parse_args()
+  compile_cache.set_budget(args.max_compiled)
+  cache_tmp = None
+  if args.compilation_cache is None:
+    cache_tmp = tempfile.TemporaryDirectory()
+    args.compilation_cache = cache_tmp.name
+  compile_cache.use_persistent_cache(args.compilation_cache)
   buckets = resolution.Buckets()
   if args.workdir:
     remover, source = remover_lib.Remover.from_workdir(args.workdir, buckets=buckets), args.workdir
@@ -147,10 +159,13 @@ def main():
   else:
     remover = _random_demo_remover(buckets)
     source = 'demo presets (deeplabv3plus_tiny + generator_tiny), random weights'
+  cache_note = ('off' if args.compilation_cache == 'none' else
+                'on, empty at the start' if cache_tmp else f'in {args.compilation_cache}')
   device = jax.devices()[0]
   print(f'bgmat remove benchmark: {source}; working size {remover.working_size}; '
         f'device {device.platform} ({device.device_kind}), {os.cpu_count()} CPUs, '
-        f'{platform.machine()}, jax {jax.__version__}\n')
+        f'{platform.machine()}, jax {jax.__version__}; at most {compile_cache.budget()} '
+        f'shapes kept compiled, persistent compilation cache {cache_note}\n')
   latency_sizes = [int(s) for s in args.sizes.split(',') if s.strip()]
   if latency_sizes:
     print('| photo | matting | first call (s, compile incl.) | median (s) | images/s |')
@@ -182,7 +197,9 @@ def main():
     print('| RSS MiB | ' + ' | '.join(f'{m:.0f}' for m in marks) +
           f' | {rss[-1]:.0f} | {mem["peak_mib"]:.0f} |')
     print(f'\nGrowth from photo 50 to photo {len(rss)}: {rss[-1] - at50:+.0f} MiB '
-          f'({100 * (rss[-1] - at50) / at50:+.1f}%).')
+          f'({100 * (rss[-1] - at50) / at50:+.1f}%); RSS over photos 50-{len(rss)}: '
+          f'{min(rss[49:]):.0f}-{max(rss[49:]):.0f} MiB; JAX caches emptied '
+          f'{compile_cache.clears()} times.')
   if args.large_mp:
     width = int(round((args.large_mp * 1e6 * 1.5) ** 0.5))
     height = int(round(width / 1.5))

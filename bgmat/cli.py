@@ -7,12 +7,14 @@
       [--batch-size N] [--max-side N] [--bucket-sides 256,512,...] [--quiet]
       [--max-pixels N] [--keep-transparency]
       [--video-container webm|mp4|mov|png] [--temporal-smoothing S] [--sequence]
+      [--max-compiled 8] [--compilation-cache DIR|none]
   bgmat export --workdir RUNS/matting --out FILE [--format bgmat|onnx|onnx-rembg]
       [--platforms cpu,cuda] [--size N] [--bucket-sides 256,512,...]
   bgmat serve (--workdir RUNS/matting | --model FILE) [--host 127.0.0.1] [--port 8000]
       [--max-batch-size 8] [--batch-timeout 0.01] [--max-queue 64]
       [--max-upload-bytes N] [--max-pixels N] [--request-timeout 60]
       [--size N] [--max-side N] [--bucket-sides 256,512,...]
+      [--max-compiled 8] [--compilation-cache DIR|none]
   bgmat demo [--out DIR]
 
 Formats: rgba (PNG, default), alpha (greyscale PNG), foreground (RGB PNG of
@@ -36,7 +38,10 @@ Resolution: the pre-segmentation runs at the working size (--size, default
 the training size); the matting at the photo's own size (at most --max-side),
 padded to a shape bucket (long side in --bucket-sides x aspect 9:16, 3:4, 1:1)
 so each bucket compiles once; photos above the largest bucket are matted in
-overlapping tiles. --batch-size photos of one bucket run together.
+overlapping tiles. --batch-size photos of one bucket run together. At most
+--max-compiled shapes stay compiled (flat memory over a folder of any mix of
+sizes); XLA's persistent compilation cache makes a shape that comes back, or a
+later run, load its compiled code instead of compiling again.
 """
 
 import argparse
@@ -62,6 +67,7 @@ def _remove(args) -> int:
   except remove.OutputError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
+  _compilation_options(args)
   options = dict(buckets=_buckets(args.bucket_sides), max_side=args.max_side,
                  max_pixels=args.max_pixels or remove.MAX_PIXELS)
   if args.model:
@@ -144,12 +150,35 @@ def _positive(text: str) -> int:
   return value
 
 
+def _compilation_options(args) -> None:
+  """--max-compiled and --compilation-cache (bgmat.compile_cache)."""
+  from bgmat import compile_cache  # pylint: disable=g-import-not-at-top
+  compile_cache.set_budget(args.max_compiled)
+  path = args.compilation_cache
+  try:
+    compile_cache.use_persistent_cache(compile_cache.default_cache_dir() if path is None
+                                       else path)
+  except OSError as e:  # A read-only home: run without the cache.
+    print(f'warning: no persistent compilation cache ({e})', file=sys.stderr)
+
+
+def _add_compilation_flags(p) -> None:
+  p.add_argument('--max-compiled', type=_positive, default=8,
+                 help='Distinct photo shapes kept compiled (memory: about 7 MiB each for '
+                 'the demo model on CPU); more empties the compiled cache (default 8).')
+  p.add_argument('--compilation-cache', default=None,
+                 help='Folder of XLA\'s persistent compilation cache, so a shape compiles '
+                 'once across runs (default ~/.cache/bgmat/xla/<jax version, CPU>; '
+                 'none: off).')
+
+
 def _serve(args) -> int:
   from bgmat import serve  # pylint: disable=g-import-not-at-top
   from bgmat import remover as remove  # pylint: disable=g-import-not-at-top
   limits = serve.Limits(max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels,
                         request_timeout=args.request_timeout, max_queue=args.max_queue,
                         max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout)
+  _compilation_options(args)
   options = dict(buckets=_buckets(args.bucket_sides), max_side=args.max_side,
                  max_pixels=args.max_pixels)
   if args.random_preset:
@@ -246,6 +275,7 @@ def main(argv=None) -> int:
   p.add_argument('--sequence', action='store_true',
                  help='The images are frames of one clip (name order): smooth across them '
                  '(needs --temporal-smoothing).')
+  _add_compilation_flags(p)
   p.add_argument('-q', '--quiet', action='store_true',
                  help='No progress bar and no per-photo lines (errors still shown).')
   p.set_defaults(fn=_remove)
@@ -292,6 +322,7 @@ def main(argv=None) -> int:
                  help='Cap on the matting long side; the alpha is resized back.')
   p.add_argument('--bucket-sides', type=_sides, default=None,
                  help='Long sides of the matting shape buckets (as bgmat remove).')
+  _add_compilation_flags(p)
   p.add_argument('--log-level', default='info', choices=('debug', 'info', 'warning', 'error'))
   p.set_defaults(fn=_serve)
   p = sub.add_parser('demo', help='Build data, train both stages, evaluate, cut out a photo.')

@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bgmat import compile_cache
+
 METHODS = ('blur_fusion', 'multilevel', 'none')
 # The one default of every entry point (CLI, Python API, server, video).
 DEFAULT_METHOD = 'blur_fusion'
@@ -119,9 +121,6 @@ def padded_side(side: int) -> int:
 # Above this side blur fusion runs in TILE x TILE tiles (plus a halo), so the
 # peak memory of a large photo is that of a tile; the result is the same.
 TILE = 2048
-# Compiled blur-fusion shapes kept; past this the cache is emptied, so memory
-# stays bounded over any mix of photo sizes.
-MAX_COMPILED = 48
 
 
 def padded_shape(height: int, width: int) -> tuple[int, int]:
@@ -145,9 +144,7 @@ def _blur_fusion_padded(image: np.ndarray, alpha: np.ndarray, radii: tuple[int, 
   pad = ((0, shape[0] - height), (0, shape[1] - width))
   row_valid = (np.arange(shape[0]) < height).astype(np.float32)
   col_valid = (np.arange(shape[1]) < width).astype(np.float32)
-  cache_size = getattr(blur_fusion, '_cache_size', None)
-  if cache_size is not None and cache_size() > MAX_COMPILED:
-    blur_fusion.clear_cache()
+  compile_cache.admit(('blur_fusion', shape, radii))
   fg = blur_fusion(np.pad(image, pad + ((0, 0),)), np.pad(alpha, pad), radii=radii,
                    row_valid=row_valid, col_valid=col_valid)
   return np.asarray(fg[:height, :width])

@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 from PIL import ImageColor
 
+from bgmat import compile_cache
 from bgmat import foreground
 from bgmat import image_io
 from bgmat import resolution
@@ -192,6 +193,7 @@ class Remover:
       boxed = [resolution.letterbox(image, self.working_size)
                for image in images[start:start + batch_size]]
       batch = resolution.pad_batch(np.stack([b for b, _ in boxed]), batch_size)
+      compile_cache.admit(('preseg', id(self), batch.shape))
       probs = np.asarray(self._preseg_call(batch.astype(np.float32) / 255.0))
       priors += [prob[:h, :w, 0] for prob, (_, (h, w)) in zip(probs, boxed)]
     return priors
@@ -239,6 +241,7 @@ class Remover:
         chunk = group[start:start + batch_size]
         image_batch = np.stack([resolution.pad_to(j[2], height, width) for j in chunk])
         prior_batch = np.stack([resolution.pad_to(j[3], height, width) for j in chunk])
+        compile_cache.admit(('matting', id(self), batch_size, height, width))
         out = np.asarray(self._matting_call(
             resolution.pad_batch(image_batch, batch_size).astype(np.float32) / 255.0,
             resolution.pad_batch(prior_batch, batch_size)[..., None]))

@@ -40,6 +40,17 @@ def pytest_collection_modifyitems(config, items):
       item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture(autouse=True)
+def _no_compile_eviction():
+  """Tests count compiles per shape; `bgmat remove`'s bound on compiled shapes
+  (bgmat.compile_cache, process-wide, set by every CLI run) would make those
+  counts depend on which tests ran before. tests/test_compile_cache.py sets
+  its own budgets."""
+  from bgmat import compile_cache  # pylint: disable=g-import-not-at-top
+  compile_cache.set_budget(10**9)
+  yield
+
+
 @pytest.fixture(scope='session')
 def tiny_data(tmp_path_factory):
   """(dataset name, data_dir) of the `tiny` synthetic portraits (64 px, 16/4/4)."""

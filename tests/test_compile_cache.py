@@ -1,0 +1,59 @@
+"""bgmat.compile_cache: at most `budget` shapes stay compiled, and eviction
+changes no result."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bgmat import compile_cache
+from bgmat import resolution
+from tests.test_resolution import make_remover
+from tests.test_resolution import networks  # noqa: F401  pylint: disable=unused-import
+from tests.test_resolution import photo
+
+
+def test_admit_empties_jax_caches_past_the_budget():
+  traces = []
+
+  @jax.jit
+  def double(x):
+    traces.append(x.shape)
+    return 2 * x
+
+  compile_cache.set_budget(2)
+  clears = compile_cache.clears()
+  assert not compile_cache.admit(('test_a', 1))
+  double(jnp.ones(1))
+  assert not compile_cache.admit(('test_b', 2))
+  double(jnp.ones(2))
+  assert not compile_cache.admit(('test_a', 1))  # Already live: no clear.
+  double(jnp.ones(1))
+  assert traces == [(1,), (2,)]
+  assert compile_cache.admit(('test_c', 3))  # A third shape: caches emptied first.
+  assert compile_cache.clears() == clears + 1
+  double(jnp.ones(3))
+  double(jnp.ones(1))  # Evicted: traced (and compiled or loaded) again.
+  assert traces == [(1,), (2,), (3,), (1,)]
+  with pytest.raises(ValueError, match='budget'):
+    compile_cache.set_budget(0)
+
+
+def test_eviction_leaves_the_mattes_unchanged(networks):  # noqa: F811
+  images = [photo(40, 60, 1), photo(100, 45, 2), photo(150, 130, 3), photo(50, 64, 4)]
+  buckets = resolution.Buckets((64, 128, 160), (0.5, 1.0))
+  compile_cache.set_budget(10**9)
+  kept = make_remover(networks, buckets)
+  expected = [kept.alpha(image) for image in images]
+  # Budget 2: the pre-segmentation and one matting bucket; every new bucket evicts.
+  compile_cache.set_budget(2)
+  clears = compile_cache.clears()
+  evicting = make_remover(networks, buckets)
+  for image, alpha in zip(images + images, expected + expected):
+    # The same programs compiled again (or loaded from the persistent cache):
+    # equal up to float summation order, which XLA does not change between
+    # compiles of one program on one machine; 1e-6 leaves room for nothing else.
+    np.testing.assert_allclose(evicting.alpha(image), alpha, atol=1e-6)
+  assert compile_cache.clears() >= clears + 4
+  matting = [n for (name, _), n in evicting.compiles.items() if name == 'matting']
+  assert max(matting) >= 2  # A bucket was traced again after its eviction.
