@@ -33,9 +33,9 @@ import numpy as np
 
 from bench import train_step as train_step_bench
 from bgmat import export_onnx
+from bgmat.inference import image_io
+from bgmat.inference.remover import Remover
 from bgmat import report_stats
-from bgmat import image_io
-from bgmat.remover import Remover
 
 
 def _demo_photos() -> list[tuple[str, np.ndarray]]:

@@ -38,9 +38,9 @@ import numpy as np
 from PIL import Image
 import psutil
 
-from bgmat import compile_cache
-from bgmat import remover as remover_lib
-from bgmat import resolution
+from bgmat.inference import compile_cache
+from bgmat.inference import remover as remover_lib
+from bgmat.inference import resolution
 
 # The folder for the memory run: a few sizes, as from a few cameras, so the
 # count of compiled functions (buckets, and blur fusion per size) stays bounded.

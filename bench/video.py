@@ -36,9 +36,9 @@ from PIL import Image
 from scipy import ndimage
 
 from bgmat import atomic
-from bgmat import remover as remover_lib
+from bgmat.inference import remover as remover_lib
+from bgmat.inference import video
 from bgmat import report_stats
-from bgmat import video
 from data_prep import synthetic
 
 RATE = 12

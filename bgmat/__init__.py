@@ -13,14 +13,14 @@ __version__ = '0.1.0'
 def __getattr__(name):
   # Lazy, so `import bgmat` stays cheap and does not initialise JAX.
   if name == 'Remover':
-    from bgmat.remover import Remover  # pylint: disable=g-import-not-at-top
+    from bgmat.inference.remover import Remover  # pylint: disable=g-import-not-at-top
     return Remover
   raise AttributeError(name)
 
 
 @functools.lru_cache(maxsize=4)
 def _cached_remover(workdir: str):
-  from bgmat.remover import Remover  # pylint: disable=g-import-not-at-top
+  from bgmat.inference.remover import Remover  # pylint: disable=g-import-not-at-top
   return Remover.from_workdir(workdir)
 
 

@@ -5,7 +5,7 @@ A write goes to a hidden temporary file beside the target
 and is renamed onto the target when complete (`os.replace`, atomic on POSIX);
 on any error the temporary file is removed and the target is left as it was.
 A killed process can leave a temporary file behind; its name says which
-process wrote it (`bgmat.remove_run` removes such leftovers of its own).
+process wrote it (`bgmat.inference.remove_run` removes such leftovers of its own).
 """
 
 import contextlib

@@ -31,7 +31,7 @@ OUTDIR/<name>.webm for rgba (VP9 with alpha), .mp4 for the other formats
 or png (a folder of frames); `-o NAME.webm|.mp4|.mov` for one clip. Frame
 count, size, timing and audio are kept. --temporal-smoothing S (0 <= S < 1,
 default 0, off) averages the pre-segmentation over frames where the picture
-does not move (bgmat.video); --sequence applies it to the images of a folder,
+does not move (bgmat.inference.video); --sequence applies it to the images of a folder,
 taken as the frames of one clip in name order.
 
 Resolution: the pre-segmentation runs at the working size (--size, default
@@ -50,7 +50,7 @@ import sys
 
 
 def _remove(args) -> int:
-  from bgmat import remover as remove  # pylint: disable=g-import-not-at-top
+  from bgmat.inference import remover as remove  # pylint: disable=g-import-not-at-top
   if args.format == 'composite':
     try:
       bg = remove.parse_background(args.bg)
@@ -122,7 +122,7 @@ def _export(args) -> int:
 
 
 def _buckets(sides: str | None):
-  from bgmat import resolution  # pylint: disable=g-import-not-at-top
+  from bgmat.inference import resolution  # pylint: disable=g-import-not-at-top
   if not sides:
     return None
   return resolution.Buckets(
@@ -151,8 +151,8 @@ def _positive(text: str) -> int:
 
 
 def _compilation_options(args) -> None:
-  """--max-compiled and --compilation-cache (bgmat.compile_cache)."""
-  from bgmat import compile_cache  # pylint: disable=g-import-not-at-top
+  """--max-compiled and --compilation-cache (bgmat.inference.compile_cache)."""
+  from bgmat.inference import compile_cache  # pylint: disable=g-import-not-at-top
   compile_cache.set_budget(args.max_compiled)
   path = args.compilation_cache
   try:
@@ -173,8 +173,8 @@ def _add_compilation_flags(p) -> None:
 
 
 def _serve(args) -> int:
-  from bgmat import serve  # pylint: disable=g-import-not-at-top
-  from bgmat import remover as remove  # pylint: disable=g-import-not-at-top
+  from bgmat.inference import serve  # pylint: disable=g-import-not-at-top
+  from bgmat.inference import remover as remove  # pylint: disable=g-import-not-at-top
   limits = serve.Limits(max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels,
                         request_timeout=args.request_timeout, max_queue=args.max_queue,
                         max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout)
@@ -293,7 +293,7 @@ def main(argv=None) -> int:
                  help='Default matting buckets named in the file (the model itself '
                  'takes any multiple of 32).')
   p.set_defaults(fn=_export)
-  p = sub.add_parser('serve', help='Serve background removal over HTTP (bgmat.serve).')
+  p = sub.add_parser('serve', help='Serve background removal over HTTP (bgmat.inference.serve).')
   model = p.add_mutually_exclusive_group(required=True)
   model.add_argument('--workdir', help='A trained matting run.')
   model.add_argument('--model', help='A `bgmat export` file.')

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from bgmat import atomic
-from bgmat import resolution
+from bgmat.inference import resolution
 
 FORMAT = 'bgmat-export'
 # 1: one letterboxed working size for both stages; 2: matting at bucket sizes.
@@ -135,7 +135,7 @@ def export_workdir(workdir: str, out: str, working_size: int | None = None,
                    platforms=DEFAULT_PLATFORMS, buckets: resolution.Buckets | None = None
                    ) -> dict:
   """Exports a matting run's workdir to `out`; returns the header written."""
-  from bgmat import remover as remover_lib  # pylint: disable=g-import-not-at-top
+  from bgmat.inference import remover as remover_lib  # pylint: disable=g-import-not-at-top
   remover = remover_lib.Remover.from_workdir(workdir, working_size=working_size,
                                              buckets=buckets)
   return export_remover(remover, out, platforms,

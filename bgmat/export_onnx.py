@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bgmat import atomic
-from bgmat import resolution
+from bgmat.inference import resolution
 
 FORMATS = ('onnx', 'onnx-rembg')
 # rembg's u2net_custom session feeds this size (sessions/u2net_custom.py).
@@ -430,7 +430,7 @@ def export_remover(remover, out: str, format: str = 'onnx',  # pylint: disable=r
 def export_workdir(workdir: str, out: str, format: str = 'onnx',
                    working_size: int | None = None) -> Exported:
   """`export_onnx` of a matting run's workdir (and the stage-1 run it names)."""
-  from bgmat import remover as remover_lib  # pylint: disable=g-import-not-at-top
+  from bgmat.inference import remover as remover_lib  # pylint: disable=g-import-not-at-top
   remover = remover_lib.Remover.from_workdir(workdir, working_size=working_size)
   return export_remover(remover, out, format,
                         extra={'source_workdir': os.path.abspath(workdir)})

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bgmat import compile_cache
+from bgmat.inference import compile_cache
 
 METHODS = ('blur_fusion', 'multilevel', 'none')
 # The one default of every entry point (CLI, Python API, server, video).
@@ -125,11 +125,11 @@ TILE = 2048
 
 def padded_shape(height: int, width: int) -> tuple[int, int]:
   """The shape blur fusion pads a height x width image to: the default matting
-  bucket (30 shapes, `bgmat.resolution`) for long sides 256..2048, else each
+  bucket (30 shapes, `bgmat.inference.resolution`) for long sides 256..2048, else each
   side by `padded_side`, so a folder of any mix of sizes compiles a bounded
   number of shapes."""
   if 256 <= max(height, width) <= TILE:
-    from bgmat import resolution  # pylint: disable=g-import-not-at-top
+    from bgmat.inference import resolution  # pylint: disable=g-import-not-at-top
     shape = resolution.Buckets().fit(height, width)
     if shape is not None:
       return shape

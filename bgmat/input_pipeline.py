@@ -147,7 +147,7 @@ def perturb_mask(alpha: np.ndarray, rng: np.random.Generator,
 
 def letterbox(array: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int]]:
   """(size, size, C) uint8: the long side resized to `size`, bottom/right
-  edge-padded, as `bgmat.resolution.letterbox` prepares photos for
+  edge-padded, as `bgmat.inference.resolution.letterbox` prepares photos for
   `bgmat remove`; and the (height, width) of the photo inside it."""
   height, width = array.shape[:2]
   scale = size / max(height, width)

@@ -19,9 +19,9 @@ import scipy.ndimage as ndi
 
 from bgmat import baselines
 from bgmat import evaluate as eval_lib
-from bgmat import image_io
+from bgmat.inference import image_io
+from bgmat.inference import resolution
 from bgmat import metrics as metrics_lib
-from bgmat import resolution
 from bgmat import runs as runs_lib
 
 METRICS = metrics_lib.ALL_METRICS
@@ -172,7 +172,7 @@ def render_cutouts(workdirs: list[tuple[str, str]], out_dir: str, height: int = 
   Writes OUT_DIR/cutout_<photo>.png atomically (uint8 RGB, `height` px tall,
   2 px white gaps); returns [(photo, path)]. The column order is `workdirs`'.
   """
-  from bgmat import remover as remover_lib  # pylint: disable=g-import-not-at-top
+  from bgmat.inference import remover as remover_lib  # pylint: disable=g-import-not-at-top
   removers = [remover_lib.Remover.from_workdir(w) for _, w in workdirs]
   written = []
   for photo, image in demo_photos().items():

@@ -238,8 +238,8 @@ class FolderMasks:
 
 class PresegMasks:
   """Masks from a trained pre-segmentation run (or the one a matting run names):
-  the photo letterboxed to the run's image size (bgmat.resolution.letterbox, as
-  bgmat.remover does), then the sigmoid probability resized back to the photo
+  the photo letterboxed to the run's image size (bgmat.inference.resolution.letterbox, as
+  bgmat.inference.remover does), then the sigmoid probability resized back to the photo
   and scaled to 0..255."""
 
   def __init__(self, workdir: str):
@@ -258,7 +258,7 @@ class PresegMasks:
 
   def __call__(self, stem: str, image: np.ndarray) -> np.ndarray:
     del stem  # The model needs only the pixels.
-    from bgmat import resolution  # pylint: disable=g-import-not-at-top
+    from bgmat.inference import resolution  # pylint: disable=g-import-not-at-top
     height, width = image.shape[:2]
     boxed, (box_h, box_w) = resolution.letterbox(image, self.working_size)
     batch = boxed[None].astype(np.float32) / 255.0
@@ -305,7 +305,7 @@ def write_label(out_dir: str, name: str, stem: str, label: dict, fg_format: str,
   """Writes alpha/<stem>.png, fg/<stem>.<fg_format> and, last, meta/<stem>.json
   (each atomically; `out_dir` may be a URI); returns the report record.
   `seconds`: time spent on this photo before writing."""
-  from bgmat import remover  # pylint: disable=g-import-not-at-top
+  from bgmat.inference import remover  # pylint: disable=g-import-not-at-top
   write_start = time.perf_counter()
   alpha_rel, fg_rel = f'alpha/{stem}.png', f'fg/{stem}.{fg_format}'
   for array, rel in ((label['alpha'], alpha_rel), (label['fg'], fg_rel)):
@@ -355,8 +355,8 @@ def plan_tasks(images_dir: str, masks: FolderMasks) -> list[dict]:
 
 def _load_photo(path: str) -> np.ndarray:
   """(H, W, 3) uint8 photo as `remover.load_image` reads it; a URI via epath."""
-  from bgmat import image_io  # pylint: disable=g-import-not-at-top
-  from bgmat import remover  # pylint: disable=g-import-not-at-top
+  from bgmat.inference import image_io  # pylint: disable=g-import-not-at-top
+  from bgmat.inference import remover  # pylint: disable=g-import-not-at-top
   if not fileio.is_uri(path):
     return remover.load_image(path)
   try:
@@ -436,7 +436,7 @@ def run(images_dir: str, mask_source, out_dir: str, report_path: str | None = No
   `mask_source`: FolderMasks, PresegMasks or any (stem, image) -> (H, W) uint8.
   Report lines keep the photos' name order whatever `workers` is.
   """
-  from bgmat import remover  # pylint: disable=g-import-not-at-top
+  from bgmat.inference import remover  # pylint: disable=g-import-not-at-top
   if fg_format not in ('png', 'jpg'):
     raise ValueError(f'fg_format must be png or jpg, got {fg_format!r}')
   out_dir = os.path.abspath(out_dir)
@@ -547,7 +547,7 @@ def load_alphamatting(root: str, size: int, trimap_name: str = 'trimap1'):
 
   Raises FileNotFoundError when a folder or a matching file is missing.
   """
-  from bgmat import remover  # pylint: disable=g-import-not-at-top
+  from bgmat.inference import remover  # pylint: disable=g-import-not-at-top
   folders = {k: os.path.join(root, k) for k in ('image', 'alpha', trimap_name)}
   for folder in folders.values():
     if not os.path.isdir(folder):

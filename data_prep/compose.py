@@ -25,10 +25,10 @@ import numpy as np
 from PIL import Image
 from PIL import ImageOps
 
-from bgmat import image_io
+from bgmat.inference import image_io
 from data_prep import synthetic
 
-# Larger images are refused as possible decompression bombs (as bgmat.remover).
+# Larger images are refused as possible decompression bombs (as bgmat.inference.remover).
 MAX_PIXELS = image_io.MAX_PIXELS
 # An alpha of another size is resized onto its image only if their aspect
 # ratios agree this closely (the same picture at another resolution).

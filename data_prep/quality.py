@@ -38,7 +38,7 @@ import scipy.fft
 import scipy.ndimage as ndi
 
 from bgmat import atomic
-from bgmat import image_io
+from bgmat.inference import image_io
 
 ANALYSIS_SIDE = 256
 CLIP_DARK = 2
@@ -238,7 +238,7 @@ def thresholds_from_flags() -> Thresholds:
 # ---------------------------------------------------------------------------
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.webp', '.bmp', '.tif', '.tiff', '.gif')
-# Mattes above this many pixels are refused (as bgmat.remover.MAX_PIXELS for photos).
+# Mattes above this many pixels are refused (as bgmat.inference.remover.MAX_PIXELS for photos).
 MAX_PIXELS = image_io.MAX_PIXELS
 
 
@@ -299,7 +299,7 @@ def load_mask(path: str, shape: tuple[int, int] | None = None) -> np.ndarray:
 def _measure_file(image_path: str, alpha_path: str | None,
                   with_alpha: bool) -> tuple[dict | None, str | None]:
   """(stats, None) or (None, error); runs in worker processes."""
-  from bgmat import remover  # pylint: disable=g-import-not-at-top
+  from bgmat.inference import remover  # pylint: disable=g-import-not-at-top
   try:
     image = remover.load_image(image_path)
     alpha = None

@@ -43,10 +43,10 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _no_compile_eviction():
   """Tests count compiles per shape; `bgmat remove`'s bound on compiled shapes
-  (bgmat.compile_cache, process-wide, set by every CLI run) would make those
+  (bgmat.inference.compile_cache, process-wide, set by every CLI run) would make those
   counts depend on which tests ran before. tests/test_compile_cache.py sets
   its own budgets."""
-  from bgmat import compile_cache  # pylint: disable=g-import-not-at-top
+  from bgmat.inference import compile_cache  # pylint: disable=g-import-not-at-top
   compile_cache.set_budget(10**9)
   yield
 

@@ -1,4 +1,4 @@
-"""bgmat.compile_cache: at most `budget` shapes stay compiled, and eviction
+"""bgmat.inference.compile_cache: at most `budget` shapes stay compiled, and eviction
 changes no result."""
 
 import jax
@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bgmat import compile_cache
-from bgmat import resolution
+from bgmat.inference import compile_cache
+from bgmat.inference import resolution
 from tests.test_resolution import make_remover
 from tests.test_resolution import networks  # noqa: F401  pylint: disable=unused-import
 from tests.test_resolution import photo
@@ -22,6 +22,7 @@ def test_admit_empties_jax_caches_past_the_budget():
     return 2 * x
 
   compile_cache.set_budget(2)
+  compile_cache.reset()
   clears = compile_cache.clears()
   assert not compile_cache.admit(('test_a', 1))
   double(jnp.ones(1))
@@ -47,6 +48,7 @@ def test_eviction_leaves_the_mattes_unchanged(networks):  # noqa: F811
   expected = [kept.alpha(image) for image in images]
   # Budget 2: the pre-segmentation and one matting bucket; every new bucket evicts.
   compile_cache.set_budget(2)
+  compile_cache.reset()
   clears = compile_cache.clears()
   evicting = make_remover(networks, buckets)
   for image, alpha in zip(images + images, expected + expected):

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from bgmat import export
+from bgmat.inference.remover import Remover
+from bgmat.inference import resolution
 from bgmat import models
-from bgmat import resolution
-from bgmat.remover import Remover
 from tests.test_resolution import photo
 from tests.test_resolution import random_variables
 

@@ -1,4 +1,4 @@
-"""The one photo reader (`bgmat.image_io.read_photo`): every mode, dtype, size,
+"""The one photo reader (`bgmat.inference.image_io.read_photo`): every mode, dtype, size,
 orientation and profile gives the reference pixels or a clear InputError.
 
 No model here: these run in seconds. The reference decode is written with
@@ -20,7 +20,7 @@ from PIL import Image
 from PIL import ImageCms
 import pytest
 
-from bgmat import image_io
+from bgmat.inference import image_io
 
 InputError = image_io.InputError
 

@@ -18,8 +18,9 @@ from PIL import ImageCms
 import pytest
 
 from bgmat import cli
-from bgmat import remover as remover_lib
-from bgmat import resolution
+from bgmat.inference import remover as remover_lib
+from bgmat.inference import render as render_lib
+from bgmat.inference import resolution
 import configs.matting as matting_configs
 import configs.preseg as preseg_configs
 
@@ -80,7 +81,7 @@ def test_any_per_photo_failure_is_named_and_the_run_goes_on(bgmat_cli, remover, 
   photos = [_photo(tmp_path / f'{name}.png', size, seed=i) for i, (name, size) in
             enumerate([('a', (20, 16)), ('render_fails', (13, 11)), ('c', (20, 16)),
                        ('matting_fails', (9, 7)), ('e', (16, 20))])]
-  real_render, real_predict = remover_lib.render, remover.predict_batch
+  real_render, real_predict = render_lib.render, remover.predict_batch
 
   def render(rgb, alpha, *args, **kwargs):
     if rgb.shape[:2] == (11, 13):
@@ -92,7 +93,7 @@ def test_any_per_photo_failure_is_named_and_the_run_goes_on(bgmat_cli, remover, 
       raise RuntimeError('RESOURCE_EXHAUSTED: out of memory')
     return real_predict(images, *args, **kwargs)
 
-  monkeypatch.setattr(remover_lib, 'render', render)
+  monkeypatch.setattr(render_lib, 'render', render)
   monkeypatch.setattr(remover, 'predict_batch', predict_batch)
   out = tmp_path / 'out'
   assert bgmat_cli(*photos, '-o', out) == 1
@@ -298,13 +299,13 @@ def test_api_takes_paths(remover, tmp_path):
 
 def test_either_module_imports_first():
   """remove_run and remover import each other; neither order may fail."""
-  for first in ('bgmat.remove_run', 'bgmat.remover'):
-    code = f'import {first}; from bgmat import remover; remover.process_inputs'
+  for first in ('bgmat.inference.remove_run', 'bgmat.inference.remover'):
+    code = f'import {first}; from bgmat.inference import remover; remover.process_inputs'
     subprocess.run([sys.executable, '-c', code], check=True, capture_output=True)
 
 
 def test_freed_heap_is_returned_without_error():
-  from bgmat import remove_run  # pylint: disable=g-import-not-at-top
+  from bgmat.inference import remove_run  # pylint: disable=g-import-not-at-top
   remove_run._return_freed_memory()  # pylint: disable=protected-access
   remove_run._return_freed_memory()  # pylint: disable=protected-access
   assert remove_run._malloc_trim.cache_info().currsize == 1  # pylint: disable=protected-access  (resolved once)

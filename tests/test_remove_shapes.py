@@ -6,7 +6,7 @@ Pure shape arithmetic plus one small blur-fusion run: seconds, no model.
 import numpy as np
 
 from bgmat import foreground
-from bgmat import resolution
+from bgmat.inference import resolution
 
 
 def test_blur_fusion_shapes_are_bounded_over_random_sizes():

@@ -7,11 +7,11 @@ import numpy as np
 from PIL import Image
 import pytest
 
-import bgmat
 from bgmat import cli
 from bgmat import export as export_lib
-from bgmat import remover as remover_lib
-from bgmat import resolution
+from bgmat.inference import remover as remover_lib
+from bgmat.inference import resolution
+import bgmat
 
 # Tiny matting buckets (64 and 128 px long sides) keep compiles small; one CLI
 # test runs the product's default set.

@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bgmat.inference.remover import Remover
+from bgmat.inference import resolution
 from bgmat import models
-from bgmat import resolution
 from bgmat.models import generator
-from bgmat.remover import Remover
 
 SIZE = 32
 # Shapes 32x64, 64x32, 64x64, 64x128, 128x64, 128x128.

@@ -1,4 +1,4 @@
-"""`bgmat serve` (bgmat.serve): a real server process on 127.0.0.1, a real HTTP client.
+"""`bgmat serve` (bgmat.inference.serve): a real server process on 127.0.0.1, a real HTTP client.
 
 One server (tiny random-weight models, seed 0) for the module; the reference
 is `Remover` built in this process from the same configs and seed. Requests
@@ -23,7 +23,7 @@ from PIL import Image
 import pytest
 
 from bench import serve as serve_bench
-from bgmat import serve
+from bgmat.inference import serve
 
 # Every test here starts server processes (tests/conftest.py: slow).
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Video (bgmat.video): clips made here with PyAV round-trip through `bgmat remove`.
+"""Video (bgmat.inference.video): clips made here with PyAV round-trip through `bgmat remove`.
 
 Most tests use the `tiny` presets with random weights (no training: fast); the
 CLI test uses a trained tiny run (slow, tests/conftest.py).
@@ -14,10 +14,10 @@ av = pytest.importorskip('av', reason='video tests need PyAV: pip install "bgmat
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from bgmat import cli
-from bgmat import remove_run
-from bgmat import resolution
-from bgmat import serve
-from bgmat import video
+from bgmat.inference import remove_run
+from bgmat.inference import resolution
+from bgmat.inference import serve
+from bgmat.inference import video
 
 WIDTH, HEIGHT, FRAMES, RATE, SAMPLE_RATE = 128, 96, 12, 12, 44100
 RADIUS = 14

@@ -202,7 +202,7 @@ def preseg_workdir(tiny_data, tmp_path_factory):
 
 def test_preseg_workdir_mask_source(preseg_workdir, photo_folder, tmp_path):
   import jax  # pylint: disable=g-import-not-at-top
-  from bgmat import resolution  # pylint: disable=g-import-not-at-top
+  from bgmat.inference import resolution  # pylint: disable=g-import-not-at-top
   from bgmat import runs  # pylint: disable=g-import-not-at-top
   preseg, matting = preseg_workdir
   source = autolabel.PresegMasks(preseg)

@@ -15,7 +15,7 @@ it takes the next free name `<stem>-2`, `<stem>-3`, ... Existing bgmat
 outputs are replaced (or kept with `skip_existing`). Every file is written
 atomically (a hidden temporary file in the same folder, then a rename).
 
-Videos (`bgmat.video`): a clip becomes OUT_DIR/<stem>.webm (rgba, VP9 with
+Videos (`bgmat.inference.video`): a clip becomes OUT_DIR/<stem>.webm (rgba, VP9 with
 alpha) or .mp4 (alpha, foreground, composite), or .mov / a PNG sequence folder
 <stem>/ (`video_container`), audio kept; `-o NAME.webm|.mp4|.mov` for one clip.
 
@@ -45,9 +45,9 @@ import tqdm
 
 from bgmat import atomic
 from bgmat import foreground
-from bgmat import image_io
-from bgmat import remover as remover_lib
-from bgmat import video
+from bgmat.inference import image_io
+from bgmat.inference import render as render_lib
+from bgmat.inference import video
 
 # Extensions of files written by earlier versions; folder scans now take any
 # file Pillow identifies (`expand_inputs`).
@@ -422,8 +422,8 @@ def process_inputs(remover, inputs: Sequence[str], out_dir: str, *,
     ValueError: unknown format, batch_size < 1, a bad background.
     OutputError: the output location cannot be used (before any work).
   """
-  if format not in remover_lib.FORMATS:
-    raise ValueError(f'Unknown format {format!r}; known: {list(remover_lib.FORMATS)}')
+  if format not in render_lib.FORMATS:
+    raise ValueError(f'Unknown format {format!r}; known: {list(render_lib.FORMATS)}')
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}')
   if video_container is not None:
@@ -433,7 +433,7 @@ def process_inputs(remover, inputs: Sequence[str], out_dir: str, *,
   smoother = video.PriorSmoother(temporal_smoothing) if sequence else None
   video_batch_size = video_batch_size or max(batch_size, 4)
   if format == 'composite':
-    bg = remover_lib.parse_background(bg)  # Fail before any work; read a photo once.
+    bg = render_lib.parse_background(bg)  # Fail before any work; read a photo once.
   inputs = [os.fspath(i) for i in inputs]
   output = prepare_output(out_dir, inputs, format)
   max_pixels = max_pixels or getattr(remover, 'max_pixels', image_io.MAX_PIXELS)
@@ -452,7 +452,7 @@ def process_inputs(remover, inputs: Sequence[str], out_dir: str, *,
     log = lambda line: tqdm.tqdm.write(line, file=sys.stdout)  # Keeps the bar intact.
 
   names = _Names({i for i in (_file_id(p) for p, _ in planned if p != '-') if i})
-  ext = remover_lib._EXTENSIONS[format]  # pylint: disable=protected-access
+  ext = render_lib.EXTENSIONS[format]
   todo, folders, videos = [], set(), []
 
   def skip(path, target) -> bool:
@@ -506,9 +506,9 @@ def process_inputs(remover, inputs: Sequence[str], out_dir: str, *,
     summary.failures.append((path, message))
 
   def write(path, target, alpha_target, photo, alpha):
-    alpha = remover_lib.constrain_alpha(alpha, photo.alpha if keep_transparency else None)
+    alpha = render_lib.constrain_alpha(alpha, photo.alpha if keep_transparency else None)
     try:
-      array = remover_lib.render(photo.rgb, alpha, format, bg=bg,
+      array = render_lib.render(photo.rgb, alpha, format, bg=bg,
                                  foreground_method=foreground_method)
     except Exception as e:  # pylint: disable=broad-except  # One photo never stops the run.
       return fail(path, f'{path}: {format} output failed ({_describe(e)})')

@@ -53,8 +53,8 @@ from scipy import ndimage
 
 from bgmat import atomic
 from bgmat import foreground
-from bgmat import image_io
-from bgmat import remover as remover_lib
+from bgmat.inference import image_io
+from bgmat.inference import render as render_lib
 
 # Inputs taken as video by their name (folders, globs); a named file without a
 # known image or video extension is probed (`is_video`).
@@ -420,9 +420,9 @@ class _Writer:
     if self.format == 'composite' and not isinstance(bg, tuple):
       if self._background is None or self._background.shape != rgb.shape:
         # pylint: disable-next=protected-access
-        self._background = remover_lib._cover(bg, *rgb.shape[:2])
+        self._background = render_lib.cover(bg, *rgb.shape[:2])
       bg = self._background
-    array = remover_lib.render(rgb, alpha, self.format, bg=bg,
+    array = render_lib.render(rgb, alpha, self.format, bg=bg,
                                foreground_method=self.foreground_method)
     if self.container_name == 'png':
       return array
@@ -434,7 +434,7 @@ class _Writer:
     rendered = self._render(rgb, alpha)
     self.frames += 1
     if self.container_name == 'png':
-      from bgmat import remove_run  # pylint: disable=g-import-not-at-top
+      from bgmat.inference import remove_run  # pylint: disable=g-import-not-at-top
       remove_run.save_image_atomic(rendered, os.path.join(self.temp, f'{self.frames:06d}.png'))
       return
     if pts is None or time_base is None:  # Containers without timestamps: by frame count.
@@ -524,8 +524,8 @@ def remove_video(remover, source: str, target: str, *,
       encoded; nothing is left under `target`.
     ValueError: unknown format or container, rgba in mp4, bad smoothing.
   """
-  if format not in remover_lib.FORMATS:
-    raise ValueError(f'Unknown format {format!r}; known: {list(remover_lib.FORMATS)}')
+  if format not in render_lib.FORMATS:
+    raise ValueError(f'Unknown format {format!r}; known: {list(render_lib.FORMATS)}')
   container = container or container_of(target)
   check_container(container, format)  # Refuses rgba in mp4 before any work.
   if batch_size < 1:
@@ -535,7 +535,7 @@ def remove_video(remover, source: str, target: str, *,
   else:
     smoother = PriorSmoother(temporal_smoothing) if temporal_smoothing else None
   if format == 'composite':
-    bg = remover_lib.parse_background(bg)
+    bg = render_lib.parse_background(bg)
   max_pixels = max_pixels or getattr(remover, 'max_pixels', image_io.MAX_PIXELS)
   start = time.perf_counter()
   source, target = os.fspath(source), os.path.abspath(os.fspath(target))

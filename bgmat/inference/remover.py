@@ -7,38 +7,42 @@
   out = remover.cutout(image, format='composite', bg='white')   # see FORMATS
 
 Every input (a path, a PIL image, a numpy array of any dtype) is read by
-`bgmat.image_io.read_photo`, the reader `bgmat remove` uses too: same pixels,
+`bgmat.inference.image_io.read_photo`, the reader `bgmat remove` uses too: same pixels,
 same orientation, same errors (`InputError`) either way.
 
 The pre-segmentation runs at a fixed working size (the photo letterboxed into
 a square); the matting generator at up to the photo's own size, padded to a
-shape bucket (`bgmat.resolution`), in tiles above the largest bucket.
-`process_inputs` (behind `bgmat remove`, in `bgmat.remove_run`) decodes photos
+shape bucket (`bgmat.inference.resolution`), in tiles above the largest bucket.
+`process_inputs` (behind `bgmat remove`, in `bgmat.inference.remove_run`) decodes photos
 in a thread pool while the device runs, batches photos of one bucket and shows
 a progress bar.
 """
 
 import collections
 import functools
-import os
 from typing import Any, Sequence
 import warnings
 
 import jax
 import numpy as np
 from PIL import Image
-from PIL import ImageColor
 
-from bgmat import compile_cache
 from bgmat import foreground
-from bgmat import image_io
-from bgmat import resolution
+from bgmat.inference import compile_cache
+from bgmat.inference import image_io
+from bgmat.inference import render as render_lib
+from bgmat.inference import resolution
 
 # bgmat's one pixel limit: photos larger than this are refused as possible
 # decompression bombs (Pillow's own, lower limit does not apply).
 MAX_PIXELS = image_io.MAX_PIXELS
 
 InputError = image_io.InputError
+# Rendering lives in `bgmat.inference.render`; these names stay importable here.
+FORMATS = render_lib.FORMATS
+constrain_alpha = render_lib.constrain_alpha
+parse_background = render_lib.parse_background
+render = render_lib.render
 
 
 def load_image(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -53,7 +57,7 @@ class Remover:
   The pre-segmentation runs at `working_size` (the photo letterboxed into a
   square, one compiled shape). The matting generator runs at (up to) the
   photo's own size, its prior being the pre-segmentation upsampled to that
-  size, padded to a shape bucket (`bgmat.resolution`): one compiled function
+  size, padded to a shape bucket (`bgmat.inference.resolution`): one compiled function
   per bucket and batch size, counted in `compiles`. Photos above the largest
   bucket are matted in overlapping, feathered tiles; `max_side` caps the
   matting size (the alpha is then resized back). `max_pixels` is the limit of
@@ -206,7 +210,7 @@ class Remover:
     Photos (or tiles) of one bucket run together, `batch_size` at a time; a
     short batch is padded to `batch_size` so each bucket compiles once.
     `priors`: the pre-segmentations to use, one per image as `presegment`
-    returns them (e.g. smoothed over video frames, `bgmat.video`); None runs
+    returns them (e.g. smoothed over video frames, `bgmat.inference.video`); None runs
     `presegment`.
 
     Raises:
@@ -326,84 +330,7 @@ class Remover:
                   foreground_method=foreground_method)
 
 
-def constrain_alpha(alpha: np.ndarray, input_alpha: np.ndarray | None) -> np.ndarray:
-  """min(predicted alpha, the input's own alpha), both (H, W) float32 in [0, 1]:
-  a pixel the input already made transparent stays so; None leaves alpha as is."""
-  if input_alpha is None:
-    return alpha
-  return np.minimum(alpha, input_alpha.astype(np.float32))
-
-
-FORMATS = {
-    'rgba': 'PNG with alpha; colours are the estimated foreground',
-    'alpha': 'greyscale PNG of the matte',
-    'foreground': 'RGB PNG of the estimated foreground colours (no alpha)',
-    'composite': 'JPEG of the foreground over --bg (a colour or a photo)',
-}
-_EXTENSIONS = {'rgba': '.png', 'alpha': '.png', 'foreground': '.png', 'composite': '.jpg'}
-
-
-def parse_background(bg: Any) -> np.ndarray | tuple[int, int, int]:
-  """A colour ('white', '#00ff00', (r, g, b)), an image path or an array -> RGB or (H, W, 3)."""
-  if isinstance(bg, (tuple, list)) and len(bg) == 3:
-    return tuple(int(c) for c in bg)
-  if isinstance(bg, (np.ndarray, Image.Image)):
-    return image_io.read_photo(bg, name='background').rgb
-  if isinstance(bg, (str, os.PathLike)):
-    bg = os.fspath(bg)
-    if os.path.isfile(bg):
-      return load_image(bg)
-    try:
-      return ImageColor.getrgb(bg)[:3]
-    except ValueError as e:
-      raise ValueError(f'--bg {bg!r} is neither an image file nor a colour (a name such '
-                       'as white, or #rrggbb)') from e
-  raise ValueError(f'Unsupported background {bg!r}')
-
-
-def _cover(photo: np.ndarray, height: int, width: int) -> np.ndarray:
-  """Resizes `photo` to cover height x width (keeping its aspect) and centre-crops."""
-  scale = max(height / photo.shape[0], width / photo.shape[1])
-  new_h = max(height, round(photo.shape[0] * scale))
-  new_w = max(width, round(photo.shape[1] * scale))
-  resized = np.asarray(Image.fromarray(photo).resize((new_w, new_h), Image.BICUBIC))
-  top, left = (new_h - height) // 2, (new_w - width) // 2
-  return resized[top:top + height, left:left + width]
-
-
-def render(rgb: np.ndarray, alpha: np.ndarray,
-           format: str = 'rgba',  # pylint: disable=redefined-builtin
-           bg: Any = 'white', foreground_method: str = foreground.DEFAULT_METHOD) -> np.ndarray:
-  """rgb (H, W, 3) uint8 + alpha (H, W) float32 -> the uint8 output of `format`."""
-  if format not in FORMATS:
-    raise ValueError(f'Unknown format {format!r}; known: {list(FORMATS)}')
-  alpha_u8 = np.round(alpha * 255).astype(np.uint8)
-  if format == 'alpha':
-    return alpha_u8
-  if foreground_method == 'none':
-    fg = rgb.astype(np.float32) / 255.0
-  else:
-    fg = foreground.estimate_foreground(rgb.astype(np.float32) / 255.0, alpha,
-                                        method=foreground_method)
-  if format == 'rgba':
-    fg_u8 = rgb if foreground_method == 'none' else _to_u8(fg)
-    return np.concatenate([fg_u8, alpha_u8[..., None]], axis=-1)
-  if format == 'foreground':
-    return _to_u8(fg)
-  background = parse_background(bg)
-  if isinstance(background, tuple):
-    background = np.broadcast_to(np.asarray(background, np.float32), rgb.shape)
-  else:
-    background = _cover(background, *rgb.shape[:2])
-  a = alpha[..., None]
-  return _to_u8(a * fg + (1 - a) * background.astype(np.float32) / 255.0)
-
-
-def _to_u8(x: np.ndarray) -> np.ndarray:
-  return np.clip(np.round(x * 255), 0, 255).astype(np.uint8)
-
-
-# Folder batching, naming and writing live in `bgmat.remove_run`; these names
+# Folder batching, naming and writing live in `bgmat.inference.remove_run`; these names
 # stay importable from here (`remover.process_inputs`, ...). Resolved on first
 # use (PEP 562), so that either module can be imported first.
 _FROM_REMOVE_RUN = frozenset({
@@ -413,6 +340,6 @@ _FROM_REMOVE_RUN = frozenset({
 
 def __getattr__(name: str):
   if name in _FROM_REMOVE_RUN:
-    from bgmat import remove_run  # pylint: disable=g-import-not-at-top
+    from bgmat.inference import remove_run  # pylint: disable=g-import-not-at-top
     return getattr(remove_run, name)
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -37,7 +37,7 @@ running them through `Remover.predict_batch`, the code path of `bgmat remove`
 and the Python API. A batch is padded to the next power of two, so each shape
 bucket compiles at most log2(max batch) + 1 times. --max-batch-size 1 turns
 batching off. Outputs (foreground colours, PNG/JPEG encoding) are made in the
-thread pool by `remover.render`, as `Remover.cutout` does.
+thread pool by `render.render`, as `Remover.cutout` does.
 
 Shutdown: on SIGTERM (or Ctrl-C) uvicorn stops accepting connections, lets
 the requests in flight finish (up to --request-timeout + 5 s), then the
@@ -73,10 +73,11 @@ from PIL import ImageColor
 import psutil
 
 from bgmat import foreground
-from bgmat import image_io
-from bgmat import remover as remover_lib
+from bgmat.inference import image_io
+from bgmat.inference import remover as remover_lib
+from bgmat.inference import render as render_lib
 
-log = logging.getLogger('bgmat.serve')
+log = logging.getLogger('bgmat.inference.serve')
 
 # Latency histogram bucket bounds (seconds), Prometheus style (cumulative).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -297,9 +298,9 @@ def parse_options(fields: dict[str, str]) -> Options:
                          f'bgc={fields["bgc"]!r}: expected r,g,b or r,g,b,a in 0-255')
     options.format, options.bg = 'composite', tuple(values[:3])
   if 'format' in fields:
-    if fields['format'] not in remover_lib.FORMATS:
+    if fields['format'] not in render_lib.FORMATS:
       raise RequestError(400, 'bad_request', f'format={fields["format"]!r}: expected one of '
-                         f'{", ".join(remover_lib.FORMATS)}')
+                         f'{", ".join(render_lib.FORMATS)}')
     options.format = fields['format']
   if 'bg' in fields:
     try:
@@ -370,7 +371,7 @@ def parse_multipart(body: bytes, content_type: str) -> tuple[bytes | None, dict[
 
 
 def encode(array: np.ndarray, format: str, icc_profile: bytes | None = None) -> bytes:  # pylint: disable=redefined-builtin
-  """A `remover.render` output (uint8) -> PNG bytes, or JPEG (quality 95, 4:4:4) for
+  """A `render.render` output (uint8) -> PNG bytes, or JPEG (quality 95, 4:4:4) for
   composite, as `bgmat remove` writes them; `icc_profile` kept for colour outputs."""
   options: dict[str, Any] = {}
   if icc_profile and array.ndim == 3:
@@ -443,9 +444,9 @@ def build_app(remover: remover_lib.Remover, limits: Limits = Limits(),
     alpha = await state['batcher'].submit(photo.rgb)
 
     def output() -> bytes:
-      matte = remover_lib.constrain_alpha(
+      matte = render_lib.constrain_alpha(
           alpha, photo.alpha if options.keep_transparency else None)
-      array = remover_lib.render(photo.rgb, matte, options.format, bg=options.bg,
+      array = render_lib.render(photo.rgb, matte, options.format, bg=options.bg,
                                  foreground_method=options.foreground_method)
       return encode(array, options.format, photo.icc_profile)
 
