@@ -19,7 +19,6 @@ import os
 
 from absl import app
 from absl import flags
-import jax
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
@@ -27,7 +26,7 @@ import numpy as np
 from bgmat import atomic
 from bgmat import evaluate as eval_lib
 from bgmat import input_pipeline
-from bgmat import metrics as metrics_lib
+from bgmat import runs
 from bgmat import trimap as trimap_lib
 
 
@@ -61,53 +60,42 @@ def closed_form_batch(images: np.ndarray, trimaps: np.ndarray, cg_maxiter: int =
   return np.stack([closed_form_alpha(i, t, cg_maxiter) for i, t in zip(images, trimaps)])
 
 
-def preseg_prob_fn(preseg_workdir: str):
-  """jitted image (N, H, W, 3) -> stage-1 foreground probability (N, H, W, 1)."""
-  from bgmat import runs  # pylint: disable=g-import-not-at-top
-  preseg = runs.load_preseg(preseg_workdir)
-  apply = jax.jit(lambda v, x: runs.preseg_probability(preseg.module, v, x))
-  return lambda images: np.asarray(apply(preseg.variables, images))
-
-
 def evaluate_closed_form(config, split: str, preseg_prob=None) -> tuple[dict, dict]:
-  """Test-split metrics of closed-form matting under `config` (configs/closed_form.py).
+  """Metrics of closed-form matting on `split` under `config` (configs/closed_form.py),
+  through the one evaluation loop (`evaluate.evaluate`).
 
-  Returns (metrics 'alpha/<name>' -> mean, samples of the first batch).
+  Args:
+    preseg_prob: images (N, H, W, 3) -> (N, H, W, 1) stage-1 probability
+      (`runs.preseg_prob_fn`), needed when config.trimap_source == 'preseg'.
+  Returns:
+    (metrics 'alpha/<name>' -> mean and 'n', samples of the first batch).
+  Raises:
+    ValueError: an unknown trimap_source, a missing preseg_prob, or no
+      examples in the split.
   """
   if config.trimap_source not in ('gt', 'preseg'):
     raise ValueError(f"trimap_source must be 'gt' or 'preseg', got {config.trimap_source!r}")
   if config.trimap_source == 'preseg' and preseg_prob is None:
     raise ValueError('trimap_source=preseg needs the pre-segmentation (preseg_workdir)')
-  accumulator = metrics_lib.MattingEvalAccumulator()
-  samples = None
-  count = 0
-  for batch in input_pipeline.eval_batches(
-      config, split, process_index=0, process_count=1, per_process_batch=config.batch_size,
-      max_examples=config.get('max_eval_examples')):
-    valid = batch['valid'] > 0
-    if not valid.any():
-      continue
-    images, alphas = batch['image'][valid], batch['alpha'][valid]
-    count += len(images)
+
+  def predict(batch):
+    images = batch['image']
     if config.trimap_source == 'gt':
       trimaps = np.stack([trimap_lib.trimap01_from_alpha(a, config.trimap_radius)
-                          for a in alphas])
+                          for a in batch['alpha']])
     else:
-      probs = preseg_prob(images)
       trimaps = np.stack([
           trimap_lib.trimap_from_probability(p, config.fg_threshold, config.bg_threshold,
-                                             config.band_radius) for p in probs])
-    pred = closed_form_batch(images, trimaps, config.cg_maxiter)
-    accumulator.update(metrics_lib.region_eval_metrics(
-        pred, alphas, batch['trimap'][valid], batch['region'][valid],
-        which=tuple(config.eval_metrics)))
-    if samples is None:
-      samples = {'image': images, 'alpha': pred, 'trimap': trimaps}
-  results = accumulator.compute()
-  if not results:
-    raise ValueError(f'No {split} examples in {config.dataset} ({config.data_dir})')
-  results['n'] = count  # examples evaluated
-  return {f'alpha/{k}': v for k, v in results.items()}, samples
+                                             config.band_radius) for p in preseg_prob(images)])
+    return {'alpha': closed_form_batch(images, trimaps, config.cg_maxiter)}
+
+  batches = input_pipeline.eval_batches(
+      config, split, process_index=0, process_count=1, per_process_batch=config.batch_size,
+      max_examples=config.get('max_eval_examples'))
+  try:
+    return eval_lib.evaluate(predict, batches, which=tuple(config.eval_metrics))
+  except ValueError as e:
+    raise ValueError(f'No {split} examples in {config.dataset} ({config.data_dir})') from e
 
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/closed_form.py:<arg>.')
@@ -124,7 +112,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, split: str = 'test') ->
     path = config.preseg_workdir
     if not os.path.isabs(path):
       path = os.path.join(os.path.dirname(workdir), path)
-    preseg_prob = preseg_prob_fn(path)
+    preseg_prob = runs.preseg_prob_fn(path)
   results, samples = evaluate_closed_form(config, split, preseg_prob)
   atomic.write_text(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=1))
   eval_lib.write_results(workdir, split, 0, results, samples, ['alpha'])

@@ -17,48 +17,64 @@ from bgmat import metrics as metrics_lib
 from bgmat import sharding
 
 
-def evaluate(predict_fn: Callable[[dict], dict], batches: Iterable[dict], mesh,
+def evaluate(predict_fn: Callable[[dict], dict], batches: Iterable[dict], mesh=None,
              which=('sad', 'mse', 'grad', 'conn')) -> tuple[dict, dict]:
-  """Runs `predict_fn` over `batches`; averages per-example metrics.
+  """Runs `predict_fn` over `batches`; averages per-example metrics. The one
+  evaluation loop: training (sharded global batches), `bgmat.report` and the
+  closed-form baseline (host batches).
+
+  Each example is scored on its photo region (`batch['region']`, the letterboxed
+  photo without padding) with `metrics.region_eval_metrics`: IoU and boundary F
+  of alpha >= 0.5, and the DIM metrics in `which` over the whole photo and its
+  unknown band (`batch['trimap']`).
 
   Args:
-    predict_fn: global batch -> dict of named (N, H, W, 1) mattes in [0, 1]
-      ('alpha' and, for the matting stage, the 'preseg' baseline).
+    predict_fn: batch -> dict of named (N, H, W, 1) mattes in [0, 1] ('alpha'
+      and, for the matting stage, the 'preseg' baseline). With a mesh it gets
+      the global batch (padding examples included, `valid` marks the real
+      ones); without, the host batch of the valid examples only.
     batches: per-process eval batches from `input_pipeline.eval_batches`.
+    mesh: the device mesh of a sharded run, or None (one host process).
+    which: the DIM metrics to compute (`metrics.ALL_METRICS` names).
   Returns:
     (metrics, samples): metrics 'name/metric' -> mean over valid examples
-    ('alpha/sad', 'alpha/sad_unknown', 'preseg/iou', ...); samples: the first
-    batch's host arrays (image, alpha, and the predictions) for pictures.
+    ('alpha/sad', 'alpha/sad_unknown', 'preseg/iou', ...) and 'n', the number
+    of examples; samples: the first batch's host arrays (image, alpha_gt and
+    the predictions) for pictures.
+  Raises:
+    ValueError: no valid example in `batches`.
   """
-  totals = None  # A clu Collection of Averages, merged over batches.
+  totals = None  # Running means: clu Averages (metrics.merge_means).
   count = 0
   samples = None
   for batch in batches:
-    names = batch.pop('name')
-    del names
-    global_batch = sharding.to_global(batch, mesh)
-    predictions = sharding.to_host(predict_fn(global_batch))
-    host = sharding.to_host(global_batch)
-    valid = host['valid'] > 0
+    batch = {k: v for k, v in batch.items() if k != 'name'}
+    if mesh is not None:
+      global_batch = sharding.to_global(batch, mesh)
+      predictions = sharding.to_host(predict_fn(global_batch))
+      host = sharding.to_host(global_batch)
+      valid = host['valid'] > 0
+      host = {k: v[valid] for k, v in host.items()}
+      predictions = {k: v[valid] for k, v in predictions.items()}
+    else:
+      valid = batch['valid'] > 0
+      host = {k: v[valid] for k, v in batch.items()}
+      predictions = predict_fn(host) if valid.any() else {}
     if not valid.any():
       continue
     per_example = {}
-    region = host['region'][valid] if 'region' in host else None
     for key, pred in predictions.items():
       for metric, values in metrics_lib.region_eval_metrics(
-          pred[valid], host['alpha'][valid], host['trimap'][valid], region,
-          which=which).items():
-        per_example[f'{key}__{metric}'] = values  # Field names: no '/'.
-    batch_metrics = metrics_lib.average_collection(per_example).single_from_model_output(
-        **per_example)
-    totals = batch_metrics if totals is None else totals.merge(batch_metrics)
+          pred, host['alpha'], host['trimap'], host.get('region'), which=which).items():
+        per_example[f'{key}__{metric}'] = values  # clu field names: no '/'.
+    totals = metrics_lib.merge_means(totals, per_example)
     count += int(valid.sum())
     if samples is None:
-      samples = {'image': host['image'][valid], 'alpha_gt': host['alpha'][valid],
-                 **{k: v[valid] for k, v in predictions.items()}}
+      samples = {'image': host['image'], 'alpha_gt': host['alpha'], **predictions}
   if not count:
     raise ValueError('Evaluation saw no examples')
-  return {k.replace('__', '/'): float(v) for k, v in totals.compute().items()}, samples
+  results = {k.replace('__', '/'): v for k, v in metrics_lib.compute_means(totals).items()}
+  return dict(results, n=count), samples
 
 
 def checkerboard(height: int, width: int, cell: int = 8) -> np.ndarray:

@@ -43,7 +43,6 @@ Where common Python ports differ (so their numbers are not comparable):
   * Some divide MSE by |U| + 1, or SAD by the image count in other units.
 """
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -403,47 +402,27 @@ def sad_mse_jax(pred: jax.Array, gt: jax.Array,
   return sad, mse
 
 
-@flax.struct.dataclass
-class MattingEval(clu_metrics.Collection):
-  """Dataset averages of the `batch_eval_metrics(..., trimap)` outputs.
-
-  Use `MattingEval.single_from_model_output(**per_example)` per batch and
-  `.merge` across batches; all ten keys are required (a trimap is needed for
-  the '_unknown' ones). Built from `Average` only.
-  """
-  sad: clu_metrics.Average.from_output('sad')
-  mse: clu_metrics.Average.from_output('mse')
-  grad: clu_metrics.Average.from_output('grad')
-  conn: clu_metrics.Average.from_output('conn')
-  sad_unknown: clu_metrics.Average.from_output('sad_unknown')
-  mse_unknown: clu_metrics.Average.from_output('mse_unknown')
-  grad_unknown: clu_metrics.Average.from_output('grad_unknown')
-  conn_unknown: clu_metrics.Average.from_output('conn_unknown')
-  iou: clu_metrics.Average.from_output('iou')
-  boundary_f: clu_metrics.Average.from_output('boundary_f')
-
-
 def average_collection(keys) -> type[clu_metrics.Collection]:
   """A clu Collection with one `Average` per key (train losses, eval metrics)."""
   return clu_metrics.Collection.create(
       **{k: clu_metrics.Average.from_output(k) for k in keys})
 
 
-class MattingEvalAccumulator:
-  """Host-side running means of per-example metrics with any set of keys."""
+def merge_means(totals: clu_metrics.Collection | None,
+                per_example: dict) -> clu_metrics.Collection:
+  """Running means (one clu `Average` per name) with a batch added.
 
-  def __init__(self):
-    self._totals: dict[str, float] = {}
-    self._counts: dict[str, int] = {}
+  Args:
+    totals: the running means so far, or None to start.
+    per_example: name -> (N,) per-example values (names without '/', as clu
+      fields); the same names every call.
+  Returns:
+    The merged Collection; `compute_means` gives the means.
+  """
+  update = average_collection(per_example).single_from_model_output(**per_example)
+  return update if totals is None else totals.merge(update)
 
-  def update(self, per_example: dict) -> None:
-    """Adds a dict name -> (N,) array (or scalar) of per-example values."""
-    for name, values in per_example.items():
-      values = np.asarray(values, np.float64).ravel()
-      self._totals[name] = self._totals.get(name, 0.0) + float(values.sum())
-      self._counts[name] = self._counts.get(name, 0) + values.size
 
-  def compute(self) -> dict:
-    """dict name -> mean over all examples seen."""
-    return {name: self._totals[name] / self._counts[name]
-            for name in self._totals if self._counts[name]}
+def compute_means(totals: clu_metrics.Collection) -> dict[str, float]:
+  """name -> mean over every example merged into `totals`."""
+  return {k: float(v) for k, v in totals.compute().items()}

@@ -50,8 +50,8 @@ import numpy as np  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-impo
 
 from bgmat import atomic  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 from bgmat import baselines  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from bgmat import evaluate as eval_lib  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 from bgmat import input_pipeline  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-from bgmat import metrics as metrics_lib  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 from bgmat import report_extras  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 from bgmat import report_stats as stats  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 from bgmat import runs as runs_lib  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
@@ -105,19 +105,7 @@ def _eval_config(config, args, dataset: str | None = None) -> ml_collections.Con
   return config
 
 
-_PRESEG_CACHE: dict = {}
-
-
-def preseg_prob_fn(workdir: str):
-  """jitted images (N, H, W, 3) -> (N, H, W, 1) probability of a stage-1 run
-  (`runs.load_preseg`: the run itself, or a matting run's stage 1)."""
-  workdir = os.path.abspath(workdir)
-  if workdir not in _PRESEG_CACHE:
-    stage = runs_lib.load_preseg(workdir)
-    variables = jax.device_put(stage.variables)
-    apply = jax.jit(lambda v, x: runs_lib.preseg_probability(stage.module, v, x))
-    _PRESEG_CACHE[workdir] = lambda images: np.asarray(apply(variables, images))
-  return _PRESEG_CACHE[workdir]
+preseg_prob_fn = runs_lib.preseg_prob_fn
 
 
 def _predictor(run: Run, preseg_prob):
@@ -177,7 +165,7 @@ def evaluate_rows(runs: list[Run], args, log=print) -> list[dict]:
       rows.append(dict(method='closed-form matting (pymatting)' + (
           '' if preseg else ', ground-truth trimap'), trimap=trimap,
                        run=_name(preseg) if preseg else '-', deterministic=fixed or not preseg,
-                       **{k.split('/', 1)[1]: v for k, v in results.items()}))
+                       **{k.split('/', 1)[-1]: v for k, v in results.items()}))
       log(f'evaluated closed-form, trimap from {source}')
   return rows
 
@@ -213,23 +201,21 @@ def _name(workdir: str) -> str:
 
 
 def _evaluate(config, predict, split: str, which=METRICS) -> dict:
-  """Mean metrics of `predict` over `split`, each example cropped to its photo
-  region (`metrics.region_eval_metrics`); 'n': the number of examples."""
-  accumulator = metrics_lib.MattingEvalAccumulator()
-  count = 0
-  for batch in input_pipeline.eval_batches(
+  """Mean metrics of `predict` (images -> alpha) over `split`, each example
+  cropped to its photo region (`evaluate.evaluate`); 'n': the number of examples.
+
+  Raises:
+    ValueError: no examples in the split.
+  """
+  batches = input_pipeline.eval_batches(
       config, split, process_index=0, process_count=1, per_process_batch=config.batch_size,
-      max_examples=config.get('max_eval_examples')):
-    valid = batch['valid'] > 0
-    if valid.any():
-      pred = predict(batch['image'])[valid]
-      accumulator.update(metrics_lib.region_eval_metrics(
-          pred, batch['alpha'][valid], batch['trimap'][valid], batch['region'][valid],
-          which=which))
-      count += int(valid.sum())
-  if not count:
-    raise ValueError(f'No {split} examples in {config.dataset} ({config.data_dir})')
-  return dict(accumulator.compute(), n=count)
+      max_examples=config.get('max_eval_examples'))
+  try:
+    results, _ = eval_lib.evaluate(lambda batch: {'alpha': predict(batch['image'])}, batches,
+                                   which=which)
+  except ValueError as e:
+    raise ValueError(f'No {split} examples in {config.dataset} ({config.data_dir})') from e
+  return {k.split('/', 1)[-1]: v for k, v in results.items()}
 
 
 # ---------------------------------------------------------------------------

@@ -127,14 +127,14 @@ def alphamatting_rows(directory: str, matting_runs: list, trimaps=('trimap1',),
       predictions[('closed-form matting (pymatting)', '-')] = baselines.closed_form_alpha(
           image, trimap, cg_maxiter)[..., 0]
       for key, pred in predictions.items():
-        accumulator = per_method.setdefault(key, metrics_lib.MattingEvalAccumulator())
-        accumulator.update(metrics_lib.batch_eval_metrics(
-            pred[None], alpha[None], trimap[None], which=METRICS))
+        per_example = metrics_lib.batch_eval_metrics(pred[None], alpha[None], trimap[None],
+                                                     which=METRICS)
+        per_method[key] = metrics_lib.merge_means(per_method.get(key), per_example)
       count += 1
       log(f'alphamatting {trimap_dir} {name}')
-    for (label, run), accumulator in per_method.items():
+    for (label, run), totals in per_method.items():
       rows.append(dict(method=label, run=run, trimap=trimap_dir, n=count,
-                       deterministic=run == '-', **accumulator.compute()))
+                       deterministic=run == '-', **metrics_lib.compute_means(totals)))
   return rows
 
 

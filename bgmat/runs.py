@@ -107,3 +107,20 @@ def preseg_probability(module, variables, image: jax.Array) -> jax.Array:
   """
   logits = module.apply(variables, image, train=False)
   return jax.lax.stop_gradient(jax.nn.sigmoid(logits.astype(jnp.float32)))
+
+
+_PRESEG_FNS: dict = {}
+
+
+def preseg_prob_fn(workdir: str):
+  """images (N, H, W, 3) float in [0, 1] -> (N, H, W, 1) float32 numpy
+  probability of a stage-1 run (`load_preseg`: the run itself, or a matting
+  run's stage 1); jitted, loaded once per workdir per process."""
+  workdir = os.path.abspath(workdir)
+  if workdir not in _PRESEG_FNS:
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    stage = load_preseg(workdir)
+    variables = jax.device_put(stage.variables)
+    apply = jax.jit(lambda v, x: preseg_probability(stage.module, v, x))
+    _PRESEG_FNS[workdir] = lambda images: np.asarray(apply(variables, images))
+  return _PRESEG_FNS[workdir]
