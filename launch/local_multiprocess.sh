@@ -6,23 +6,9 @@
 #       [-p PORT] -- --config configs/preseg.py:tiny --workdir /tmp/run
 set -euo pipefail
 
-# Prints its arguments as one shell-safe line (plain words stay unquoted).
-quote() {
-  local out=() word
-  for word in "$@"; do
-    if [[ "$word" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
-      out+=("$word")
-    elif [[ "$word" != *"'"* ]]; then
-      out+=("'${word}'")
-    elif [[ "$word" != *[\"\$\`\\!]* ]]; then
-      out+=("\"${word}\"")
-    else
-      out+=("'${word//\'/\'\\\'\'}'")
-    fi
-  done
-  local IFS=' '
-  printf '%s\n' "${out[*]}"
-}
+# quote: prints its arguments as one shell-safe line (launch/quote.sh).
+# shellcheck source=launch/quote.sh disable=SC1091
+source "$(dirname "${BASH_SOURCE[0]}")/quote.sh"
 
 num_processes=2
 devices=2

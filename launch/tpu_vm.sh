@@ -24,23 +24,9 @@
 # --dry-run prints every command, one a line, and runs none.
 set -euo pipefail
 
-# Prints its arguments as one shell-safe line (plain words stay unquoted).
-quote() {
-  local out=() word
-  for word in "$@"; do
-    if [[ "$word" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
-      out+=("$word")
-    elif [[ "$word" != *"'"* ]]; then
-      out+=("'${word}'")
-    elif [[ "$word" != *[\"\$\`\\!]* ]]; then
-      out+=("\"${word}\"")
-    else
-      out+=("'${word//\'/\'\\\'\'}'")
-    fi
-  done
-  local IFS=' '
-  printf '%s\n' "${out[*]}"
-}
+# quote: prints its arguments as one shell-safe line (launch/quote.sh).
+# shellcheck source=launch/quote.sh disable=SC1091
+source "$(dirname "${BASH_SOURCE[0]}")/quote.sh"
 
 usage() {
   sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2
