@@ -59,3 +59,17 @@ def test_eviction_leaves_the_mattes_unchanged(networks):  # noqa: F811
   assert compile_cache.clears() >= clears + 4
   matting = [n for (name, _), n in evicting.compiles.items() if name == 'matting']
   assert max(matting) >= 2  # A bucket was traced again after its eviction.
+
+
+def test_persistent_cache_folder(monkeypatch, tmp_path):
+  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path))
+  folder = compile_cache.default_cache_dir()
+  # One folder per jax version and CPU kind: XLA:CPU code is compiled for the host.
+  assert folder.startswith(str(tmp_path / 'bgmat' / 'xla' / f'jax-{jax.__version__}-'))
+  assert compile_cache.default_cache_dir() == folder
+  # conftest.py configured a cache for the tests: an explicit setting is left alone.
+  configured = jax.config.jax_compilation_cache_dir
+  assert configured
+  assert compile_cache.use_persistent_cache(str(tmp_path / 'other')) == configured
+  assert compile_cache.use_persistent_cache('none') == configured
+  assert not (tmp_path / 'other').exists()
