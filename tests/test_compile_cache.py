@@ -73,3 +73,35 @@ def test_persistent_cache_folder(monkeypatch, tmp_path):
   assert compile_cache.use_persistent_cache(str(tmp_path / 'other')) == configured
   assert compile_cache.use_persistent_cache('none') == configured
   assert not (tmp_path / 'other').exists()
+
+
+def test_a_folder_of_many_sizes_keeps_at_most_the_budget(networks, tmp_path):  # noqa: F811
+  """Issue 14, kind 7: a folder run (matting and blur fusion) over photos of six
+  sizes never holds more than `budget` compiled shapes."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from bgmat.inference import remove_run  # pylint: disable=g-import-not-at-top
+  src = tmp_path / 'photos'
+  src.mkdir()
+  sizes = [(40, 60), (100, 45), (150, 130), (64, 64), (30, 120), (120, 30)] * 2
+  for i, (height, width) in enumerate(sizes):
+    Image.fromarray(photo(height, width, i)).save(src / f'{i:02d}.png')
+  compile_cache.set_budget(3)
+  compile_cache.reset()
+  clears = compile_cache.clears()
+  remover = make_remover(networks, resolution.Buckets((64, 128, 160), (0.5, 1.0)))
+  live = []
+  admit = compile_cache.admit
+
+  def watched(key):
+    cleared = admit(key)
+    live.append(len(compile_cache._live))  # pylint: disable=protected-access
+    return cleared
+
+  compile_cache.admit = watched
+  try:
+    summary = remove_run.process_inputs(remover, [str(src)], str(tmp_path / 'out'),
+                                        log=lambda line: None)
+  finally:
+    compile_cache.admit = admit
+  assert len(summary.written) == len(sizes) and not summary.failures
+  assert max(live) <= 3 and compile_cache.clears() > clears
