@@ -1,8 +1,8 @@
 """A bound on the compiled executables an inference process keeps.
 
 `jax.jit` compiles once per input shape and keeps every executable. Removal
-pads photos to a bounded set of shapes (`bgmat.inference.resolution` buckets for the
-matting generator, `bgmat.foreground.padded_shape` for blur fusion), but a
+pads photos to a bounded set of shapes (`bgmat.inference.resolution` buckets
+for the matting generator, `bgmat.foreground.padded_shape` for blur fusion), but a
 folder of photos of many sizes still grows until it has met every shape:
 +28% RSS from photo 50 to photo 300 of a random-size folder, about 7 MiB per
 matting bucket of the demo model on CPU (bench/results/remove_memory_cpu.md).
@@ -13,9 +13,16 @@ nothing happens; a key beyond that empties every JAX cache first
 (`jax.clear_caches()`), so the process keeps at most `budget()` shapes'
 executables. An evicted shape compiles again when it comes back; with XLA's
 persistent compilation cache on (`use_persistent_cache`, which `bgmat remove`
-and `bgmat serve` turn on) that is a load from disk: 2-4 s instead of 7-16 s
-for a demo-model matting bucket on the 2-core CPU box. A folder of photos of
-one or a few sizes (one camera) never evicts.
+and `bgmat serve` turn on) that is a load from disk: a demo-model photo of
+about 1000x700 took 2-4 s after an eviction, against 7-16 s for its first
+compile and 1.2-1.7 s warm (2-core CPU box, loaded). A folder of photos of one
+or a few sizes (one camera) never evicts.
+
+Threads: `bgmat serve` renders (blur fusion) in a thread pool while its
+inference thread runs the model, so an eviction can happen while another
+thread calls a jitted function. `jax.clear_caches()` runs under the GIL, which
+JAX's internal caches rely on (a JAX maintainer's answer in jax-ml/jax#19590);
+the bookkeeping here is under one lock.
 """
 
 import hashlib
