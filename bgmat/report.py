@@ -350,6 +350,20 @@ def _claim(lines, claim, better, worse, keys):
   return text
 
 
+def _prior_group(seg_rows: list[dict], baseline: dict | None) -> dict | None:
+  """The segmentation row of the one stage-1 run every matting run refined (the
+  automatic baseline's run), as a group without seed noise; None when the
+  matting runs used different stage-1 runs (then the variant's seeds are used)."""
+  if not baseline or not baseline.get('deterministic') or len(baseline['runs']) != 1:
+    return None
+  row = next((r for r in seg_rows if r['run'] == baseline['runs'][0]), None)
+  if row is None:
+    return None
+  row = dict(row, method=f"{row['method']} {row['run']} (the matting runs' stage 1)",
+             deterministic=True)
+  return stats.group_seeds([row], SEG_COLUMNS)[0]
+
+
 def verdicts(rows: list[dict], seg_rows: list[dict] | None = None,
              alpha_rows: list[dict] | None = None) -> list[str]:
   """The method's claims, each checked against the variant means (report_stats)."""
@@ -377,7 +391,9 @@ def verdicts(rows: list[dict], seg_rows: list[dict] | None = None,
          COLUMNS[1:])
   if seg and method:
     seg_method = _group(seg, method['method'])
-    seg_preseg = _group(seg, 'DeepLabV3+ improved') or _group(seg, 'DeepLabV3+ original')
+    seg_preseg = _prior_group(seg_rows, _group(groups, 'pre-segmentation as alpha'))
+    seg_preseg = (seg_preseg or _group(seg, 'DeepLabV3+ improved') or
+                  _group(seg, 'DeepLabV3+ original'))
     if seg_method and seg_preseg:
       iou, iou_detail = stats.compare(seg_method, seg_preseg, 'iou')
       bf, bf_detail = stats.compare(seg_method, seg_preseg, 'boundary_f')
