@@ -25,7 +25,6 @@ import numpy as np
 
 from bgmat import atomic
 from bgmat import evaluate as eval_lib
-from bgmat import input_pipeline
 from bgmat import runs
 from bgmat import trimap as trimap_lib
 
@@ -89,13 +88,7 @@ def evaluate_closed_form(config, split: str, preseg_prob=None) -> tuple[dict, di
                                              config.band_radius) for p in preseg_prob(images)])
     return {'alpha': closed_form_batch(images, trimaps, config.cg_maxiter)}
 
-  batches = input_pipeline.eval_batches(
-      config, split, process_index=0, process_count=1, per_process_batch=config.batch_size,
-      max_examples=config.get('max_eval_examples'))
-  try:
-    return eval_lib.evaluate(predict, batches, which=tuple(config.eval_metrics))
-  except ValueError as e:
-    raise ValueError(f'No {split} examples in {config.dataset} ({config.data_dir})') from e
+  return eval_lib.evaluate_split(config, split, predict, which=tuple(config.eval_metrics))
 
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/closed_form.py:<arg>.')

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from bgmat import atomic
+from bgmat import input_pipeline
 from bgmat import metrics as metrics_lib
 from bgmat import sharding
 
@@ -56,12 +57,14 @@ def evaluate(predict_fn: Callable[[dict], dict], batches: Iterable[dict], mesh=N
       valid = host['valid'] > 0
       host = {k: v[valid] for k, v in host.items()}
       predictions = {k: v[valid] for k, v in predictions.items()}
+      if not valid.any():
+        continue
     else:
       valid = batch['valid'] > 0
+      if not valid.any():
+        continue
       host = {k: v[valid] for k, v in batch.items()}
-      predictions = predict_fn(host) if valid.any() else {}
-    if not valid.any():
-      continue
+      predictions = predict_fn(host)
     per_example = {}
     for key, pred in predictions.items():
       for metric, values in metrics_lib.region_eval_metrics(
@@ -75,6 +78,24 @@ def evaluate(predict_fn: Callable[[dict], dict], batches: Iterable[dict], mesh=N
     raise ValueError('Evaluation saw no examples')
   results = {k.replace('__', '/'): v for k, v in metrics_lib.compute_means(totals).items()}
   return dict(results, n=count), samples
+
+
+def evaluate_split(config, split: str, predict_fn: Callable[[dict], dict],
+                   which=('sad', 'mse', 'grad', 'conn')) -> tuple[dict, dict]:
+  """`evaluate` over `split` of `config.dataset` in this one process (host
+  batches of config.batch_size, at most config.max_eval_examples): the report
+  and the closed-form baseline.
+
+  Raises:
+    ValueError: no examples in the split (naming the data set and folder).
+  """
+  batches = input_pipeline.eval_batches(
+      config, split, process_index=0, process_count=1, per_process_batch=config.batch_size,
+      max_examples=config.get('max_eval_examples'))
+  try:
+    return evaluate(predict_fn, batches, which=which)
+  except ValueError as e:
+    raise ValueError(f'No {split} examples in {config.dataset} ({config.data_dir})') from e
 
 
 def checkerboard(height: int, width: int, cell: int = 8) -> np.ndarray:

@@ -105,13 +105,10 @@ def _eval_config(config, args, dataset: str | None = None) -> ml_collections.Con
   return config
 
 
-preseg_prob_fn = runs_lib.preseg_prob_fn
-
-
 def _predictor(run: Run, preseg_prob):
   """images (N, H, W, 3) -> alpha (N, H, W, 1) of the run (`runs.load_stage`)."""
   if run.config.stage == 'preseg':
-    return preseg_prob_fn(run.workdir)
+    return runs_lib.preseg_prob_fn(run.workdir)
   stage = runs_lib.load_stage(run.workdir)
   variables = jax.device_put(stage.variables)
   apply = jax.jit(lambda v, x, p: stage.module.apply(v, x, p, train=False))
@@ -140,7 +137,7 @@ def evaluate_rows(runs: list[Run], args, log=print) -> list[dict]:
     preseg = matting_preseg(run, args) if run.config.stage == 'matting' else None
     if preseg and preseg not in presegs:
       presegs.append(preseg)
-    predict = _predictor(run, preseg_prob_fn(preseg) if preseg else None)
+    predict = _predictor(run, runs_lib.preseg_prob_fn(preseg) if preseg else None)
     rows.append(dict(method=run.label, trimap='none', run=run.name,
                      **_evaluate(template, predict, args.split)))
     log(f'evaluated {run.name}')
@@ -150,7 +147,7 @@ def evaluate_rows(runs: list[Run], args, log=print) -> list[dict]:
   for preseg in presegs:
     rows.append(dict(method='pre-segmentation as alpha (automatic)', trimap='none',
                      run=_name(preseg), deterministic=fixed,
-                     **_evaluate(template, preseg_prob_fn(preseg), args.split)))
+                     **_evaluate(template, runs_lib.preseg_prob_fn(preseg), args.split)))
   for source in ('preseg', 'gt'):
     cf = closed_form_configs.get_config(args.cf_config + (',gt_trimap' if source == 'gt' else ''))
     for key in ('dataset', 'data_dir', 'image_size', 'trimap_radius', 'max_eval_examples'):
@@ -161,7 +158,7 @@ def evaluate_rows(runs: list[Run], args, log=print) -> list[dict]:
               else 'ground truth (upper bound)')
     for preseg in presegs if source == 'preseg' else [None]:
       results, _ = baselines.evaluate_closed_form(
-          cf, args.split, preseg_prob_fn(preseg) if preseg else None)
+          cf, args.split, runs_lib.preseg_prob_fn(preseg) if preseg else None)
       rows.append(dict(method='closed-form matting (pymatting)' + (
           '' if preseg else ', ground-truth trimap'), trimap=trimap,
                        run=_name(preseg) if preseg else '-', deterministic=fixed or not preseg,
@@ -178,7 +175,7 @@ def segmentation_rows(runs: list[Run], args, log=print) -> list[dict]:
   for run in runs:
     preseg = matting_preseg(run, args) if run.config.stage == 'matting' else None
     config = _eval_config(run.config, args, dataset)
-    predict = _predictor(run, preseg_prob_fn(preseg) if preseg else None)
+    predict = _predictor(run, runs_lib.preseg_prob_fn(preseg) if preseg else None)
     rows.append(dict(method=run.label, run=run.name, split=args.seg_split,
                      **_evaluate(config, predict, args.seg_split, which=())))
     log(f'segmentation {run.name}')
@@ -207,14 +204,8 @@ def _evaluate(config, predict, split: str, which=METRICS) -> dict:
   Raises:
     ValueError: no examples in the split.
   """
-  batches = input_pipeline.eval_batches(
-      config, split, process_index=0, process_count=1, per_process_batch=config.batch_size,
-      max_examples=config.get('max_eval_examples'))
-  try:
-    results, _ = eval_lib.evaluate(lambda batch: {'alpha': predict(batch['image'])}, batches,
-                                   which=which)
-  except ValueError as e:
-    raise ValueError(f'No {split} examples in {config.dataset} ({config.data_dir})') from e
+  results, _ = eval_lib.evaluate_split(config, split,
+                                       lambda batch: {'alpha': predict(batch['image'])}, which)
   return {k.split('/', 1)[-1]: v for k, v in results.items()}
 
 
@@ -287,12 +278,13 @@ def sample_columns(runs: list[Run], args, count: int = 4) -> dict:
       template, args.split, process_index=0, process_count=1, per_process_batch=count))
   valid = batch['valid'] > 0
   images = batch['image'][valid]
-  prob = preseg_prob_fn(args.preseg_dir)(images)
+  prob = runs_lib.preseg_prob_fn(args.preseg_dir)(images)
   cf = closed_form_configs.get_config(args.cf_config)
   columns = {'input': images, 'ground truth': batch['alpha'][valid], 'pre-seg': prob}
   for run in runs:
     if run.config.stage == 'matting':
-      columns[run.name] = _predictor(run, preseg_prob_fn(matting_preseg(run, args)))(images)
+      prior = runs_lib.preseg_prob_fn(matting_preseg(run, args))
+      columns[run.name] = _predictor(run, prior)(images)
   trimaps = np.stack([trimap_lib.trimap_from_probability(p, cf.fg_threshold, cf.bg_threshold,
                                                          cf.band_radius) for p in prob])
   columns['trimap (pre-seg)'] = trimaps

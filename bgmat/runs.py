@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from bgmat import checkpointing
 from bgmat import models
@@ -118,7 +119,6 @@ def preseg_prob_fn(workdir: str):
   run's stage 1); jitted, loaded once per workdir per process."""
   workdir = os.path.abspath(workdir)
   if workdir not in _PRESEG_FNS:
-    import numpy as np  # pylint: disable=g-import-not-at-top
     stage = load_preseg(workdir)
     variables = jax.device_put(stage.variables)
     apply = jax.jit(lambda v, x: preseg_probability(stage.module, v, x))
