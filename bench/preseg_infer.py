@@ -155,9 +155,9 @@ def run(args) -> list[str]:
     improved = preseg.model.name + (' (improved)' if preseg.model.kwargs.get('improved')
                                     else '')
     emit(row(batch, improved, 'bgmat JAX', ours,
-             f'{ours["batch_s"] / best:.2f} (vs best peer)' if best else ''))
+             f'{ours["batch_s"] / best:.3g} (vs best peer)' if best else ''))
     emit(row(batch, twin_name, 'bgmat JAX', mine,
-             f'{mine["batch_s"] / best:.2f} (vs best peer)' if best else ''))
+             f'{mine["batch_s"] / best:.3g} (vs best peer)' if best else ''))
     for mode, result in peers:
       label = f'PyTorch smp, {mode}' + (' + AMP bf16' if on_gpu and bf16 else '')
       ratio = f'{mine["batch_s"] / result["batch_s"]:.2f}' if 'batch_s' in result else ''

@@ -241,7 +241,7 @@ def _preseg_rows(args, preseg, twin, peer_arch, peer_width, dtype, peak, on_gpu,
           grad_clip=twin.opt.grad_clip)
       peer_rows.append(result)
   best = max((r.images_per_s for r in peer_rows if r.images_per_s), default=None)
-  ratio = f'{mine["images_per_s"] / best:.2f} (vs best peer)' if best else ''
+  ratio = f'{mine["images_per_s"] / best:.3g} (vs best peer)' if best else ''
   emit(_row('preseg', twin_name, 'bgmat JAX', twin, dtype, mine['images_per_s'],
             mine['flops'], peak, mine['compile_s'], ratio))
   for result in peer_rows:

@@ -8,6 +8,7 @@
       [--max-pixels N] [--keep-transparency]
       [--video-container webm|mp4|mov|png] [--temporal-smoothing S] [--sequence]
       [--max-compiled 8] [--compilation-cache DIR|none]
+      [--preseg-flip] [--preseg-scales 1,1.25,...]
   bgmat export --workdir RUNS/matting --out FILE [--format bgmat|onnx|onnx-rembg]
       [--platforms cpu,cuda] [--size N] [--bucket-sides 256,512,...]
   bgmat serve (--workdir RUNS/matting | --model FILE) [--host 127.0.0.1] [--port 8000]
@@ -70,10 +71,16 @@ def _remove(args) -> int:
   _compilation_options(args)
   options = dict(buckets=_buckets(args.bucket_sides), max_side=args.max_side,
                  max_pixels=args.max_pixels or remove.MAX_PIXELS)
+  tta = dict(preseg_flip=args.preseg_flip, preseg_scales=args.preseg_scales)
   if args.model:
+    if args.preseg_flip or args.preseg_scales != (1.0,):
+      print('error: --preseg-flip / --preseg-scales need --workdir (an exported model '
+            'keeps the test-time augmentation it was exported with)', file=sys.stderr)
+      return 2
     remover = remove.Remover.from_export(args.model, **options)
   else:
-    remover = remove.Remover.from_workdir(args.workdir, working_size=args.size, **options)
+    remover = remove.Remover.from_workdir(args.workdir, working_size=args.size, **options,
+                                          **tta)
   summary = remove.process_inputs(
       remover, args.inputs, args.output, format=args.format, bg=bg,
       foreground_method=args.foreground_method, recursive=args.recursive,
@@ -138,6 +145,17 @@ def _sides(text: str) -> str:
   if not sides or any(s <= 0 or s % 32 for s in sides):
     raise argparse.ArgumentTypeError(f'{text!r}: expected multiples of 32 such as 512,1024,2048')
   return text
+
+
+def _scales(text: str) -> tuple[float, ...]:
+  """argparse type of --preseg-scales: numbers > 0, comma separated."""
+  try:
+    scales = tuple(float(s) for s in text.split(',') if s.strip())
+  except ValueError:
+    scales = ()
+  if not scales or min(scales) <= 0:
+    raise argparse.ArgumentTypeError(f'{text!r}: expected scales > 0 such as 1,1.25,1.5')
+  return scales
 
 
 def _positive(text: str) -> int:
@@ -257,6 +275,12 @@ def main(argv=None) -> int:
   p.add_argument('--bucket-sides', '--bucket_sides', type=_sides, default=None,
                  help='Long sides of the matting shape buckets (default '
                  '256,512,768,1024,1536,2048; larger photos are tiled).')
+  p.add_argument('--preseg-flip', action='store_true',
+                 help='Test-time augmentation of the pre-segmentation: also its mirror '
+                 '(2x its cost; README "The study").')
+  p.add_argument('--preseg-scales', type=_scales, default=(1.0,),
+                 help='Test-time augmentation of the pre-segmentation: average over the '
+                 'working size times each scale, e.g. 1,1.25,1.5,1.75 (default 1).')
   p.add_argument('--workers', type=_positive, default=2, help='Decoding threads.')
   p.add_argument('--max-pixels', '--max_pixels', type=_positive, default=None,
                  help='Photos with more pixels are refused as possible decompression '

@@ -179,7 +179,26 @@ def segmentation_rows(runs: list[Run], args, log=print) -> list[dict]:
     rows.append(dict(method=run.label, run=run.name, split=args.seg_split,
                      **_evaluate(config, predict, args.seg_split, which=())))
     log(f'segmentation {run.name}')
+  if args.tta_flip or tuple(args.tta_scales) != (1.0,):
+    # Each stage-1 run with test-time augmentation (`runs.preseg_probability`),
+    # after the plain rows, so the claims keep comparing the plain ones.
+    label = tta_label(args.tta_flip, args.tta_scales)
+    for run in runs:
+      if run.config.stage == 'preseg':
+        config = _eval_config(run.config, args, dataset)
+        predict = runs_lib.preseg_prob_fn(run.workdir, flip=args.tta_flip,
+                                          scales=args.tta_scales)
+        rows.append(dict(method=f'{run.label}, {label}', run=run.name, split=args.seg_split,
+                         **_evaluate(config, predict, args.seg_split, which=())))
+        log(f'segmentation {run.name}, {label}')
   return rows
+
+
+def tta_label(flip: bool, scales) -> str:
+  """'test-time flip, scales 1/1.25' (the segmentation rows' method suffix)."""
+  parts = (['flip'] if flip else []) + (
+      ['scales ' + '/'.join(f'{s:g}' for s in scales)] if tuple(scales) != (1.0,) else [])
+  return 'test-time ' + ', '.join(parts)
 
 
 def seg_dataset(runs: list[Run], args) -> str:
@@ -537,6 +556,12 @@ def parse_args(argv):
                       '(default: the preseg runs\', e.g. matting_sets/portraits_seg)')
   parser.add_argument('--peer_table', nargs='*', default=[],
                       help='peer segmentation results: .json or markdown (report_stats)')
+  parser.add_argument('--tta_flip', action='store_true',
+                      help='segmentation table: also each stage-1 run with test-time flip '
+                      'averaging (extra rows; the claims compare the plain rows)')
+  parser.add_argument('--tta_scales', type=float, nargs='+', default=[1.0],
+                      help='segmentation table: also each stage-1 run with its logits averaged '
+                      'over these input scales (with --tta_flip: and their mirrors)')
   parser.add_argument('--alphamatting', default='', help='alphamatting.com directory')
   parser.add_argument('--alphamatting_trimaps', nargs='+', default=['trimap1'])
   parser.add_argument('--alphamatting_max_side', type=int, default=400,

@@ -18,8 +18,14 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 import jax  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
-jax.config.update('jax_compilation_cache_dir',
-                  os.path.join(tempfile.gettempdir(), 'bgmat_test_jax_cache'))
+# One cache folder per pytest-xdist worker: JAX writes cache entries without a
+# lock (unless a size limit is set), so two workers compiling the same program
+# would read each other's half-written files. Subprocesses of a test
+# (multihost, faults, serve) get the folder of their worker (JAX_TEST_CACHE).
+_WORKER = os.environ.get('PYTEST_XDIST_WORKER', '')
+JAX_TEST_CACHE = os.path.join(tempfile.gettempdir(),
+                              'bgmat_test_jax_cache' + (f'_{_WORKER}' if _WORKER else ''))
+jax.config.update('jax_compilation_cache_dir', JAX_TEST_CACHE)
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 

@@ -11,7 +11,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 import jax
@@ -22,6 +21,7 @@ from bgmat import checkpointing
 from bgmat import train
 from bgmat import writers
 import configs.preseg as preseg_configs
+from tests import conftest
 
 # Every test here trains (tests/conftest.py: slow).
 pytestmark = pytest.mark.slow
@@ -66,8 +66,7 @@ def subprocess_env(num_devices):
       'PYTHONPATH': REPO + os.pathsep + env.get('PYTHONPATH', ''),
       # The compilation cache of the tests (conftest): the reference run's
       # programs are reused wherever the device layout is the same.
-      'JAX_COMPILATION_CACHE_DIR': os.path.join(tempfile.gettempdir(),
-                                                'bgmat_test_jax_cache'),
+      'JAX_COMPILATION_CACHE_DIR': conftest.JAX_TEST_CACHE,
       'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
   })
   return env

@@ -88,7 +88,8 @@ def test_report_from_tiny_runs(tiny_runs, tiny_data, tmp_path):
                                       ('preseg', 'preseg_original', 'matting', 'matting_s1')),
                       '--data_dir', tiny_data[1], '--max_examples', '4', '--cf_config', 'tiny',
                       '--peer_table', str(peer), '--alphamatting', str(alphamatting),
-                      '--alphamatting_trimaps', 'trimap1', 'trimap2',
+                      '--alphamatting_trimaps', 'trimap1', 'trimap2', '--tta_flip',
+                      '--tta_scales', '1', '1.5',
                       '--out', str(out)])
   text = open(path, encoding='utf-8').read()
   rows = json.loads((out / 'results.json').read_text())
@@ -113,7 +114,11 @@ def test_report_from_tiny_runs(tiny_runs, tiny_data, tmp_path):
   assert 'mean ± spread, 2 seeds' in text
   # Segmentation table: every run, IoU and boundary F in [0, 1], the peer row.
   seg = summary['segmentation']
-  assert [r['run'] for r in seg] == ['preseg_original', 'preseg', 'matting', 'matting_s1']
+  assert [r['run'] for r in seg] == ['preseg_original', 'preseg', 'matting', 'matting_s1',
+                                      'preseg_original', 'preseg']
+  assert [r['method'] for r in seg[4:]] == [
+      'DeepLabV3+ original, test-time flip, scales 1/1.5',
+      'DeepLabV3+ improved, test-time flip, scales 1/1.5']
   for row in seg:
     assert 0 <= row['iou'] <= 1 and 0 <= row['boundary_f'] <= 1 and row['split'] == 'validation'
   assert '| MediaPipe selfie (peer, peer.json) | - | validation | 4 | 0.5 | 0.25 |' in text
@@ -251,3 +256,32 @@ def test_matting_segmentation_is_checked_against_its_own_stage_1():
   rows[0]['deterministic'] = False
   line = next(v for v in report.verdicts(rows, seg_rows) if 'keeps the IoU' in v)
   assert "`DeepLabV3+ improved`" in line and '**holds**' not in line
+
+
+def test_test_time_augmentation_averages_logits_over_flips_and_scales(tiny_runs):
+  """`runs.preseg_probability`: flip averages the logits of the image and of
+  its mirror (so mirroring the input mirrors the output); scales average the
+  logits of the resized inputs, resized back."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from bgmat import runs  # pylint: disable=g-import-not-at-top
+  stage = runs.load_preseg(str(tiny_runs / 'preseg'))
+  images = np.random.default_rng(0).uniform(size=(2, 64, 128, 3)).astype(np.float32)
+  prob = lambda x, **kw: np.asarray(runs.preseg_probability(stage.module, stage.variables, x,
+                                                            **kw))
+  logits = lambda x: np.asarray(stage.module.apply(stage.variables, x, train=False))
+  mirror = lambda x: x[:, :, ::-1]
+  # Float32 sums of the same terms in another order, through a sigmoid (slope <= 1/4).
+  tol = dict(atol=1e-5, rtol=0)
+  flipped = prob(images, flip=True)
+  np.testing.assert_allclose(
+      flipped, jax.nn.sigmoid(0.5 * (logits(images) + mirror(logits(mirror(images))))), **tol)
+  np.testing.assert_allclose(prob(mirror(images), flip=True), mirror(flipped), **tol)
+  plain = prob(images)
+  assert np.abs(plain - flipped).max() > 1e-3  # Not symmetric: flip changes something.
+  # Scale 1.5: 64x128 -> 96x192 (multiples of runs.TTA_STRIDE), logits back to 64x128.
+  big = np.asarray(jax.image.resize(images, (2, 96, 192, 3), 'linear'))
+  back = np.asarray(jax.image.resize(logits(big), (2, 64, 128, 1), 'linear'))
+  np.testing.assert_allclose(prob(images, scales=(1.0, 1.5)),
+                             jax.nn.sigmoid(0.5 * (logits(images) + back)), **tol)
+  with pytest.raises(ValueError, match='scales'):
+    prob(images, scales=())

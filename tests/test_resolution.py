@@ -153,3 +153,24 @@ def test_max_side_caps_the_matting_size(networks):
   assert np.abs(alpha - full).mean() < 0.1  # The same matte, at a lower resolution.
   with pytest.raises(ValueError, match='max_side'):
     make_remover(networks, max_side=0)
+
+
+def test_preseg_test_time_augmentation_reaches_the_prior(networks):
+  """Remover(preseg_flip, preseg_scales): its pre-segmentation is
+  `runs.preseg_probability` with that augmentation on the letterboxed photo."""
+  from bgmat import runs  # pylint: disable=g-import-not-at-top
+  image = photo(48, 64)
+  plain = make_remover(networks).presegment([image])[0]
+  tta = make_remover(networks, preseg_flip=True, preseg_scales=(1.0, 1.5))
+  got = tta.presegment([image])[0]
+  boxed, (h, w) = resolution.letterbox(image, SIZE)
+  _, _, preseg, preseg_vars = networks
+  want = np.asarray(runs.preseg_probability(
+      preseg, preseg_vars, boxed[None].astype(np.float32) / 255.0, flip=True,
+      scales=(1.0, 1.5)))[0, :h, :w, 0]
+  # The same computation compiled in another program: float32 rounding.
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  assert got.shape == plain.shape == (h, w)
+  assert np.abs(got - plain).max() > 1e-3
+  with pytest.raises(ValueError, match='preseg_scales'):
+    make_remover(networks, preseg_scales=(0.0,))

@@ -12,7 +12,6 @@ import io
 import json
 import os
 import signal
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +22,7 @@ from PIL import Image
 import pytest
 
 from bench import serve as serve_bench
+from tests import conftest
 from bgmat.inference import serve
 
 # Every test here starts server processes (tests/conftest.py: slow).
@@ -37,8 +37,7 @@ REQUEST_LIMIT = 300
 
 
 # conftest.py's compilation cache, so the servers reuse this process's compiles.
-SERVER_ENV = {'JAX_COMPILATION_CACHE_DIR': os.path.join(tempfile.gettempdir(),
-                                                         'bgmat_test_jax_cache'),
+SERVER_ENV = {'JAX_COMPILATION_CACHE_DIR': conftest.JAX_TEST_CACHE,
               'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0.5', 'JAX_PLATFORMS': 'cpu'}
 
 

@@ -62,6 +62,9 @@ class Remover:
   bucket are matted in overlapping, feathered tiles; `max_side` caps the
   matting size (the alpha is then resized back). `max_pixels` is the limit of
   the photos it reads (bgmat's, default 100 MP; larger ones are refused).
+  `preseg_flip` / `preseg_scales`: test-time augmentation of the
+  pre-segmentation (`runs.preseg_probability`: logits averaged over the mirror
+  and over the working size times each scale; default one plain pass).
 
   The generator was trained on crops whose prior is the pre-segmentation of
   that same crop, image and prior at one resolution (`stages.MattingStage.step`).
@@ -74,14 +77,19 @@ class Remover:
   def __init__(self, matting_model, matting_vars, preseg_model, preseg_vars,
                working_size: int, *, buckets: resolution.Buckets | None = None,
                max_side: int | None = None, tile_overlap: int | None = None,
-               max_pixels: int = MAX_PIXELS):
+               max_pixels: int = MAX_PIXELS, preseg_flip: bool = False,
+               preseg_scales: Sequence[float] = (1.0,)):
     matting_vars = jax.device_put(matting_vars)
     preseg_vars = jax.device_put(preseg_vars)
 
     from bgmat import runs  # pylint: disable=g-import-not-at-top
+    preseg_scales = tuple(float(s) for s in preseg_scales)
+    if not preseg_scales or min(preseg_scales) <= 0:
+      raise ValueError(f'preseg_scales must be numbers > 0, got {preseg_scales}')
 
     def preseg_apply(variables, image):
-      return runs.preseg_probability(preseg_model, variables, image)
+      return runs.preseg_probability(preseg_model, variables, image, flip=preseg_flip,
+                                     scales=preseg_scales)
 
     def matting_apply(variables, image, prior):
       return matting_model.apply(variables, image, prior, train=False)
@@ -125,7 +133,8 @@ class Remover:
                    **kwargs) -> 'Remover':
     """Loads a matting stage's workdir (and the stage-1 run it names).
 
-    `kwargs`: buckets, max_side, tile_overlap, max_pixels (see the class docstring).
+    `kwargs`: buckets, max_side, tile_overlap, max_pixels, preseg_flip,
+    preseg_scales (see the class docstring).
     """
     # Checkpoint code is imported here only, so `from_export` does not need it.
     from bgmat import runs  # pylint: disable=g-import-not-at-top
@@ -146,7 +155,8 @@ class Remover:
     (`config.model` of a preseg / matting config: name + kwargs): for
     benchmarks, whose times do not depend on the weights, and tests.
 
-    `kwargs`: buckets, max_side, tile_overlap, max_pixels (see the class docstring).
+    `kwargs`: buckets, max_side, tile_overlap, max_pixels, preseg_flip,
+    preseg_scales (see the class docstring).
     """
     from bgmat import runs  # pylint: disable=g-import-not-at-top
     preseg = runs.build_model(preseg_model_config)
