@@ -29,17 +29,12 @@ install-test: $(VENV)/.installed-test
 demo: install
 	$(PY) -m bgmat.cli demo --out demo_out
 
-# Two pytest-xdist workers, one test file each at a time (module fixtures are
-# built once): on 2 cores one worker compiles while the other computes.
-PYTEST_WORKERS ?= 2
-PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --dist loadfile
-
 test: install-test
-	$(PY) -m pytest -q $(PYTEST_PARALLEL) tests
+	$(PY) -m pytest -q tests
 
 # Everything except the tests that train models (`slow`, tests/conftest.py).
 test-quick: install-test
-	$(PY) -m pytest -q $(PYTEST_PARALLEL) -m 'not slow' tests
+	$(PY) -m pytest -q -m 'not slow' tests
 
 # The real-portrait study (README "The study"): data from DATA (never
 # committed), both stages in their variants and seeds, baselines, peer, report.
