@@ -103,6 +103,18 @@ def load_preseg(workdir: str) -> Stage:
 TTA_STRIDE = 32
 
 
+def check_scales(scales: Sequence[float], name: str = 'test-time scales') -> tuple[float, ...]:
+  """`scales` as a tuple of floats (`preseg_probability`'s test-time scales).
+
+  Raises:
+    ValueError: empty, or a scale <= 0 (the message names `name`).
+  """
+  scales = tuple(float(s) for s in scales)
+  if not scales or min(scales) <= 0:
+    raise ValueError(f'{name} must be a non-empty list of numbers > 0, got {scales}')
+  return scales
+
+
 def preseg_probability(module, variables, image: jax.Array, flip: bool = False,
                        scales: Sequence[float] = (1.0,)) -> jax.Array:
   """Foreground probability of the pre-segmentation (jit-able).
@@ -123,8 +135,7 @@ def preseg_probability(module, variables, image: jax.Array, flip: bool = False,
   Raises:
     ValueError: an empty `scales` or a scale <= 0.
   """
-  if not scales or min(scales) <= 0:
-    raise ValueError(f'test-time scales must be a non-empty list of numbers > 0, got {scales}')
+  scales = check_scales(scales)
   n, h, w, c = image.shape
 
   def logits(x):
@@ -154,7 +165,7 @@ def preseg_prob_fn(workdir: str, flip: bool = False, scales: Sequence[float] = (
   probability of a stage-1 run (`load_preseg`: the run itself, or a matting
   run's stage 1), with the test-time augmentation of `preseg_probability`;
   jitted, loaded once per workdir and augmentation per process."""
-  key = (os.path.abspath(workdir), bool(flip), tuple(float(s) for s in scales))
+  key = (os.path.abspath(workdir), bool(flip), check_scales(scales))
   if key not in _PRESEG_FNS:
     stage = load_preseg(key[0])
     variables = jax.device_put(stage.variables)

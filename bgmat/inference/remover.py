@@ -83,9 +83,7 @@ class Remover:
     preseg_vars = jax.device_put(preseg_vars)
 
     from bgmat import runs  # pylint: disable=g-import-not-at-top
-    preseg_scales = tuple(float(s) for s in preseg_scales)
-    if not preseg_scales or min(preseg_scales) <= 0:
-      raise ValueError(f'preseg_scales must be numbers > 0, got {preseg_scales}')
+    preseg_scales = runs.check_scales(preseg_scales, 'preseg_scales')  # Now, not at first use.
 
     def preseg_apply(variables, image):
       return runs.preseg_probability(preseg_model, variables, image, flip=preseg_flip,
