@@ -149,13 +149,12 @@ def _sides(text: str) -> str:
 
 def _scales(text: str) -> tuple[float, ...]:
   """argparse type of --preseg-scales: numbers > 0, comma separated."""
+  from bgmat.inference import resolution  # pylint: disable=g-import-not-at-top  (no jax)
   try:
-    scales = tuple(float(s) for s in text.split(',') if s.strip())
+    return resolution.check_scales([s for s in text.split(',') if s.strip()])
   except ValueError:
-    scales = ()
-  if not scales or min(scales) <= 0:
-    raise argparse.ArgumentTypeError(f'{text!r}: expected scales > 0 such as 1,1.25,1.5')
-  return scales
+    raise argparse.ArgumentTypeError(
+        f'{text!r}: expected scales > 0 such as 1,1.25,1.5') from None
 
 
 def _positive(text: str) -> int:

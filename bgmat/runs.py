@@ -24,6 +24,7 @@ import numpy as np
 
 from bgmat import checkpointing
 from bgmat import models
+from bgmat.inference import resolution
 
 
 def build_model(model_config, dtype: str | None = None):
@@ -103,18 +104,6 @@ def load_preseg(workdir: str) -> Stage:
 TTA_STRIDE = 32
 
 
-def check_scales(scales: Sequence[float], name: str = 'test-time scales') -> tuple[float, ...]:
-  """`scales` as a tuple of floats (`preseg_probability`'s test-time scales).
-
-  Raises:
-    ValueError: empty, or a scale <= 0 (the message names `name`).
-  """
-  scales = tuple(float(s) for s in scales)
-  if not scales or min(scales) <= 0:
-    raise ValueError(f'{name} must be a non-empty list of numbers > 0, got {scales}')
-  return scales
-
-
 def preseg_probability(module, variables, image: jax.Array, flip: bool = False,
                        scales: Sequence[float] = (1.0,)) -> jax.Array:
   """Foreground probability of the pre-segmentation (jit-able).
@@ -135,7 +124,7 @@ def preseg_probability(module, variables, image: jax.Array, flip: bool = False,
   Raises:
     ValueError: an empty `scales` or a scale <= 0.
   """
-  scales = check_scales(scales)
+  scales = resolution.check_scales(scales)
   n, h, w, c = image.shape
 
   def logits(x):
@@ -165,7 +154,7 @@ def preseg_prob_fn(workdir: str, flip: bool = False, scales: Sequence[float] = (
   probability of a stage-1 run (`load_preseg`: the run itself, or a matting
   run's stage 1), with the test-time augmentation of `preseg_probability`;
   jitted, loaded once per workdir and augmentation per process."""
-  key = (os.path.abspath(workdir), bool(flip), check_scales(scales))
+  key = (os.path.abspath(workdir), bool(flip), resolution.check_scales(scales))
   if key not in _PRESEG_FNS:
     stage = load_preseg(key[0])
     variables = jax.device_put(stage.variables)

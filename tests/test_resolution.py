@@ -174,3 +174,17 @@ def test_preseg_test_time_augmentation_reaches_the_prior(networks):
   assert np.abs(got - plain).max() > 1e-3
   with pytest.raises(ValueError, match='preseg_scales'):
     make_remover(networks, preseg_scales=(0.0,))
+
+
+def test_check_scales_is_the_one_check_of_cli_and_api(capsys):
+  """resolution.check_scales serves Remover, runs and `--preseg-scales`."""
+  from bgmat import cli  # pylint: disable=g-import-not-at-top
+  assert resolution.check_scales(['1', 1.5]) == (1.0, 1.5)
+  for bad in ((), (1.0, 0.0), ('a',), None):
+    with pytest.raises(ValueError, match='test-time scales'):
+      resolution.check_scales(bad)
+  for text in ('1,-2', '1,x', ','):
+    with pytest.raises(SystemExit) as e:
+      cli.main(['remove', 'in.png', '--workdir', 'random', '--preseg-scales', text])
+    assert e.value.code == 2
+    assert 'expected scales > 0' in capsys.readouterr().err

@@ -241,3 +241,22 @@ def pad_batch(batch: np.ndarray, size: int) -> np.ndarray:
   if len(batch) >= size:
     return batch
   return np.concatenate([batch, np.repeat(batch[-1:], size - len(batch), axis=0)])
+
+
+def check_scales(scales, name: str = 'test-time scales') -> tuple[float, ...]:
+  """`scales` (numbers, or their text) as a tuple of floats.
+
+  The test-time scales of the pre-segmentation (`runs.preseg_probability`):
+  the working size is multiplied by each. Checked here, without jax, so that
+  the command line refuses bad values while parsing its arguments.
+
+  Raises:
+    ValueError: empty, not numbers, or a scale <= 0 (the message names `name`).
+  """
+  try:
+    scales = tuple(float(s) for s in scales)
+  except (TypeError, ValueError):
+    raise ValueError(f'{name} must be a non-empty list of numbers > 0, got {scales!r}') from None
+  if not scales or min(scales) <= 0:
+    raise ValueError(f'{name} must be a non-empty list of numbers > 0, got {scales}')
+  return scales
