@@ -171,26 +171,25 @@ def segmentation_rows(runs: list[Run], args, log=print) -> list[dict]:
   """IoU and boundary F (alpha >= 0.5) of every preseg run and every matting
   run's alpha on --seg_dataset's --seg_split (default: the preseg runs' data set)."""
   dataset = seg_dataset(runs, args)
-  rows = []
+  # (run, predictor, method): every run as trained; then, with test-time
+  # augmentation asked for (`runs.preseg_probability`), each stage-1 run again
+  # after the plain rows, so the claims keep comparing the plain ones.
+  jobs = []
   for run in runs:
     preseg = matting_preseg(run, args) if run.config.stage == 'matting' else None
-    config = _eval_config(run.config, args, dataset)
-    predict = _predictor(run, runs_lib.preseg_prob_fn(preseg) if preseg else None)
-    rows.append(dict(method=run.label, run=run.name, split=args.seg_split,
-                     **_evaluate(config, predict, args.seg_split, which=())))
-    log(f'segmentation {run.name}')
+    jobs.append((run, _predictor(run, runs_lib.preseg_prob_fn(preseg) if preseg else None),
+                 run.label))
   if args.tta_flip or tuple(args.tta_scales) != (1.0,):
-    # Each stage-1 run with test-time augmentation (`runs.preseg_probability`),
-    # after the plain rows, so the claims keep comparing the plain ones.
     label = tta_label(args.tta_flip, args.tta_scales)
-    for run in runs:
-      if run.config.stage == 'preseg':
-        config = _eval_config(run.config, args, dataset)
-        predict = runs_lib.preseg_prob_fn(run.workdir, flip=args.tta_flip,
-                                          scales=args.tta_scales)
-        rows.append(dict(method=f'{run.label}, {label}', run=run.name, split=args.seg_split,
-                         **_evaluate(config, predict, args.seg_split, which=())))
-        log(f'segmentation {run.name}, {label}')
+    jobs += [(run, runs_lib.preseg_prob_fn(run.workdir, flip=args.tta_flip,
+                                           scales=args.tta_scales), f'{run.label}, {label}')
+             for run in runs if run.config.stage == 'preseg']
+  rows = []
+  for run, predict, method in jobs:
+    config = _eval_config(run.config, args, dataset)
+    rows.append(dict(method=method, run=run.name, split=args.seg_split,
+                     **_evaluate(config, predict, args.seg_split, which=())))
+    log(f'segmentation {run.name}' + method[len(run.label):])
   return rows
 
 
