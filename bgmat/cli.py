@@ -170,7 +170,7 @@ def _positive(text: str) -> int:
 def _compilation_options(args) -> None:
   """--max-compiled and --compilation-cache (bgmat.inference.compile_cache)."""
   from bgmat.inference import compile_cache  # pylint: disable=g-import-not-at-top
-  compile_cache.set_budget(args.max_compiled)
+  compile_cache.set_budget(args.max_compiled or compile_cache.DEFAULT_BUDGET)
   path = args.compilation_cache
   try:
     compile_cache.use_persistent_cache(compile_cache.default_cache_dir() if path is None
@@ -180,9 +180,10 @@ def _compilation_options(args) -> None:
 
 
 def _add_compilation_flags(p) -> None:
-  p.add_argument('--max-compiled', type=_positive, default=8,
+  p.add_argument('--max-compiled', type=_positive, default=None,
                  help='Distinct photo shapes kept compiled (memory: about 7 MiB each for '
-                 'the demo model on CPU); more empties the compiled cache (default 8).')
+                 'the demo model on CPU); more empties the compiled cache '
+                 '(default: compile_cache.DEFAULT_BUDGET, 8).')
   p.add_argument('--compilation-cache', default=None,
                  help='Folder of XLA\'s persistent compilation cache, so a shape compiles '
                  'once across runs (default ~/.cache/bgmat/xla/<jax version, CPU>; '

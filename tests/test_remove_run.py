@@ -18,6 +18,7 @@ from PIL import ImageCms
 import pytest
 
 from bgmat import cli
+from bgmat.inference import compile_cache
 from bgmat.inference import remover as remover_lib
 from bgmat.inference import render as render_lib
 from bgmat.inference import resolution
@@ -238,12 +239,16 @@ def test_icc_profile_kept_on_outputs_with_the_photos_colours(bgmat_cli, tmp_path
     assert _open(tmp_path / fmt / name)[2] == want, fmt
 
 
-def test_one_pixel_limit_settable_from_the_cli(bgmat_cli, tmp_path, monkeypatch, capsys):
+def test_one_pixel_limit_and_compiled_shapes_settable_from_the_cli(bgmat_cli, tmp_path,
+                                                                  monkeypatch, capsys):
   path = _photo(tmp_path / 'big.png', (60, 50))
   monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 1000)  # Pillow's limit below the photo.
-  assert bgmat_cli(path, '-o', tmp_path / 'ok', '--max-pixels', '5000') == 0
+  assert bgmat_cli(path, '-o', tmp_path / 'ok', '--max-pixels', '5000',
+                   '--max-compiled', '3') == 0
+  assert compile_cache.budget() == 3
   assert bgmat_cli(path, '-o', tmp_path / 'refused', '--max-pixels', '2999') == 1
   assert 'big.png: 60x50 pixels is over the limit of 2999' in capsys.readouterr().err
+  assert compile_cache.budget() == compile_cache.DEFAULT_BUDGET  # Not the last run's.
 
 
 # Kind 6 (folder types) and 8 (smaller things).
