@@ -16,6 +16,7 @@
       [--max-upload-bytes N] [--max-pixels N] [--request-timeout 60]
       [--size N] [--max-side N] [--bucket-sides 256,512,...]
       [--max-compiled 8] [--compilation-cache DIR|none]
+      [--preseg-flip] [--preseg-scales 1,1.25,...]
   bgmat demo [--out DIR]
 
 Formats: rgba (PNG, default), alpha (greyscale PNG), foreground (RGB PNG of
@@ -71,12 +72,10 @@ def _remove(args) -> int:
   _compilation_options(args)
   options = dict(buckets=_buckets(args.bucket_sides), max_side=args.max_side,
                  max_pixels=args.max_pixels or remove.MAX_PIXELS)
-  tta = dict(preseg_flip=args.preseg_flip, preseg_scales=args.preseg_scales)
+  tta = _tta_options(args)
+  if tta is None:
+    return 2
   if args.model:
-    if args.preseg_flip or args.preseg_scales != (1.0,):
-      print('error: --preseg-flip / --preseg-scales need --workdir (an exported model '
-            'keeps the test-time augmentation it was exported with)', file=sys.stderr)
-      return 2
     remover = remove.Remover.from_export(args.model, **options)
   else:
     remover = remove.Remover.from_workdir(args.workdir, working_size=args.size, **options,
@@ -179,6 +178,27 @@ def _compilation_options(args) -> None:
     print(f'warning: no persistent compilation cache ({e})', file=sys.stderr)
 
 
+def _add_tta_flags(p) -> None:
+  p.add_argument('--preseg-flip', action='store_true',
+                 help='Test-time augmentation of the pre-segmentation: also its mirror '
+                 '(2x its cost; README "The study"; --workdir only).')
+  p.add_argument('--preseg-scales', type=_scales, default=(1.0,),
+                 help='Test-time augmentation of the pre-segmentation: average over the '
+                 'working size times each scale, e.g. 1,1.25,1.5,1.75 (default 1; '
+                 '--workdir only).')
+
+
+def _tta_options(args) -> dict | None:
+  """Remover.from_workdir's test-time augmentation; None (after saying why on
+  stderr) where it was asked for without --workdir."""
+  tta = dict(preseg_flip=args.preseg_flip, preseg_scales=args.preseg_scales)
+  if not args.workdir and (args.preseg_flip or args.preseg_scales != (1.0,)):
+    print('error: --preseg-flip / --preseg-scales need --workdir (an exported model '
+          'keeps the test-time augmentation it was exported with)', file=sys.stderr)
+    return None
+  return tta
+
+
 def _add_compilation_flags(p) -> None:
   p.add_argument('--max-compiled', type=_positive, default=None,
                  help='Distinct photo shapes kept compiled (memory: about 7 MiB each for '
@@ -196,6 +216,9 @@ def _serve(args) -> int:
   limits = serve.Limits(max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels,
                         request_timeout=args.request_timeout, max_queue=args.max_queue,
                         max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout)
+  tta = _tta_options(args)
+  if tta is None:
+    return 2
   _compilation_options(args)
   options = dict(buckets=_buckets(args.bucket_sides), max_side=args.max_side,
                  max_pixels=args.max_pixels)
@@ -206,7 +229,8 @@ def _serve(args) -> int:
     remover = remove.Remover.from_export(args.model, **options)
     describe = args.model
   else:
-    remover = remove.Remover.from_workdir(args.workdir, working_size=args.size, **options)
+    remover = remove.Remover.from_workdir(args.workdir, working_size=args.size, **options,
+                                          **tta)
     describe = args.workdir
   serve.run(remover, args.host, args.port, limits, describe, log_level=args.log_level)
   return 0
@@ -275,12 +299,7 @@ def main(argv=None) -> int:
   p.add_argument('--bucket-sides', '--bucket_sides', type=_sides, default=None,
                  help='Long sides of the matting shape buckets (default '
                  '256,512,768,1024,1536,2048; larger photos are tiled).')
-  p.add_argument('--preseg-flip', action='store_true',
-                 help='Test-time augmentation of the pre-segmentation: also its mirror '
-                 '(2x its cost; README "The study").')
-  p.add_argument('--preseg-scales', type=_scales, default=(1.0,),
-                 help='Test-time augmentation of the pre-segmentation: average over the '
-                 'working size times each scale, e.g. 1,1.25,1.5,1.75 (default 1).')
+  _add_tta_flags(p)
   p.add_argument('--workers', type=_positive, default=2, help='Decoding threads.')
   p.add_argument('--max-pixels', '--max_pixels', type=_positive, default=None,
                  help='Photos with more pixels are refused as possible decompression '
@@ -346,6 +365,7 @@ def main(argv=None) -> int:
                  help='Cap on the matting long side; the alpha is resized back.')
   p.add_argument('--bucket-sides', type=_sides, default=None,
                  help='Long sides of the matting shape buckets (as bgmat remove).')
+  _add_tta_flags(p)
   _add_compilation_flags(p)
   p.add_argument('--log-level', default='info', choices=('debug', 'info', 'warning', 'error'))
   p.set_defaults(fn=_serve)

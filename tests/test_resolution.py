@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bgmat import cli
 from bgmat.inference.remover import Remover
 from bgmat.inference import resolution
 from bgmat import models
@@ -178,7 +179,6 @@ def test_preseg_test_time_augmentation_reaches_the_prior(networks):
 
 def test_check_scales_is_the_one_check_of_cli_and_api(capsys):
   """resolution.check_scales serves Remover, runs and `--preseg-scales`."""
-  from bgmat import cli  # pylint: disable=g-import-not-at-top
   assert resolution.check_scales(['1', 1.5]) == (1.0, 1.5)
   for bad in ((), (1.0, 0.0), ('a',), None):
     with pytest.raises(ValueError, match='test-time scales'):
@@ -188,3 +188,13 @@ def test_check_scales_is_the_one_check_of_cli_and_api(capsys):
       cli.main(['remove', 'in.png', '--workdir', 'random', '--preseg-scales', text])
     assert e.value.code == 2
     assert 'expected scales > 0' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('command', ['remove', 'serve'])
+def test_test_time_augmentation_needs_a_workdir(command, tmp_path, capsys):
+  """An export keeps the pre-segmentation it was exported with: asking for
+  test-time augmentation with --model is refused before anything loads."""
+  args = [command] + (['in.png', '-o', str(tmp_path / 'out')] if command == 'remove' else [])
+  for tta in (['--preseg-flip'], ['--preseg-scales', '1,1.5']):
+    assert cli.main(args + ['--model', str(tmp_path / 'absent.bgmat')] + tta) == 2
+    assert '--preseg-flip / --preseg-scales need --workdir' in capsys.readouterr().err
