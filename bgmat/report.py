@@ -37,6 +37,7 @@ is written unless the data set is synthetic (`data_pictures_allowed`).
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import sys
@@ -171,24 +172,25 @@ def segmentation_rows(runs: list[Run], args, log=print) -> list[dict]:
   """IoU and boundary F (alpha >= 0.5) of every preseg run and every matting
   run's alpha on --seg_dataset's --seg_split (default: the preseg runs' data set)."""
   dataset = seg_dataset(runs, args)
-  # (run, predictor, method): every run as trained; then, with test-time
-  # augmentation asked for (`runs.preseg_probability`), each stage-1 run again
-  # after the plain rows, so the claims keep comparing the plain ones.
-  jobs = []
-  for run in runs:
+  # (run, make the predictor, method): every run as trained; then, with
+  # test-time augmentation asked for (`runs.preseg_probability`), each stage-1
+  # run again after the plain rows, so the claims keep comparing the plain ones.
+  # A run's weights load when its rows are evaluated, one run at a time.
+  def plain(run):
     preseg = matting_preseg(run, args) if run.config.stage == 'matting' else None
-    jobs.append((run, _predictor(run, runs_lib.preseg_prob_fn(preseg) if preseg else None),
-                 run.label))
+    return _predictor(run, runs_lib.preseg_prob_fn(preseg) if preseg else None)
+
+  jobs = [(run, functools.partial(plain, run), run.label) for run in runs]
   if args.tta_flip or tuple(args.tta_scales) != (1.0,):
     label = tta_label(args.tta_flip, args.tta_scales)
-    jobs += [(run, runs_lib.preseg_prob_fn(run.workdir, flip=args.tta_flip,
-                                           scales=args.tta_scales), f'{run.label}, {label}')
+    jobs += [(run, functools.partial(runs_lib.preseg_prob_fn, run.workdir, flip=args.tta_flip,
+                                     scales=args.tta_scales), f'{run.label}, {label}')
              for run in runs if run.config.stage == 'preseg']
   rows = []
-  for run, predict, method in jobs:
+  for run, make_predict, method in jobs:
     config = _eval_config(run.config, args, dataset)
     rows.append(dict(method=method, run=run.name, split=args.seg_split,
-                     **_evaluate(config, predict, args.seg_split, which=())))
+                     **_evaluate(config, make_predict(), args.seg_split, which=())))
     log(f'segmentation {run.name}' + method[len(run.label):])
   return rows
 

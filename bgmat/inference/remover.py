@@ -83,7 +83,8 @@ class Remover:
     preseg_vars = jax.device_put(preseg_vars)
 
     from bgmat import runs  # pylint: disable=g-import-not-at-top
-    preseg_scales = resolution.check_scales(preseg_scales, 'preseg_scales')  # Now, not at first use.
+    # Checked now, not at first use.
+    preseg_scales = resolution.check_scales(preseg_scales, 'preseg_scales')
 
     def preseg_apply(variables, image):
       return runs.preseg_probability(preseg_model, variables, image, flip=preseg_flip,
