@@ -317,6 +317,7 @@ class MattingStage(Stage):
                                         batch['image']),
           'lap': losses.laplacian_pyramid_loss(alpha, batch['alpha']),
           'grad': losses.alpha_gradient_loss(alpha, batch['alpha']),
+          'grad_unknown': losses.alpha_gradient_loss(alpha, batch['alpha'], unknown),
       }
       g_loss = faults.inject_nan(sum(weights[k] * v for k, v in terms.items()),
                                  state.step, config)

@@ -28,7 +28,9 @@ def get_config(arg: str = 'demo'):
   # The generator refines the prior (residual on its logits, see generator.py).
   config.model = dict(name='generator_tiny', kwargs=dict(residual_prior=True))
   config.disc = dict(name='patchgan_tiny', kwargs={})
-  config.loss = dict(l1=1.0, l1_unknown=1.0, comp=1.0, lap=1.0, grad=0.5)
+  # Weights of the reconstruction terms (stages.MattingStage.step); `_unknown`
+  # terms average over the trimap's unknown region only.
+  config.loss = dict(l1=1.0, l1_unknown=1.0, comp=1.0, lap=1.0, grad=0.5, grad_unknown=0.0)
   config.adv = dict(weight=0.0 if 'noadv' in options else 0.05, fm_weight=1.0, kind='lsgan')
   config.disc_opt = dict(config.opt.to_dict())
   config.disc_opt.b1 = 0.5
