@@ -9,6 +9,7 @@ seconds here. `make test` runs everything; `make test-quick` (pytest -m 'not
 slow') the rest. Tests that train in their own body carry `@pytest.mark.slow`
 (or a module `pytestmark`); fixture users are marked here, so a new test that
 uses a trained run is slow without anyone remembering to say so."""
+import logging
 import os
 import tempfile
 
@@ -41,6 +42,27 @@ JAX_TEST_CACHE = os.path.join(tempfile.gettempdir(),
                               'bgmat_test_jax_cache' + (f'_{_WORKER}' if _WORKER else ''))
 jax.config.update('jax_compilation_cache_dir', JAX_TEST_CACHE)
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+
+# BGMAT_TEST_COMPILE_LOG=FILE: append one tab-separated line per trace, MLIR
+# lowering, XLA compilation and persistent-cache hit of this pytest process
+# (the running test's id, JAX's message) to FILE, to see which tests compile
+# what and for how long (subprocesses of a test are not logged).
+_COMPILE_LOG = os.environ.get('BGMAT_TEST_COMPILE_LOG')
+
+
+class _CompileLogHandler(logging.Handler):
+
+  def emit(self, record):
+    message = record.getMessage()
+    if message.startswith(('Finished', 'Persistent compilation cache hit')):
+      test = os.environ.get('PYTEST_CURRENT_TEST', '')
+      with open(_COMPILE_LOG, 'a', encoding='utf-8') as f:
+        f.write(f'{test}\t{message[:300]}\n')
+
+
+if _COMPILE_LOG:
+  jax.config.update('jax_log_compiles', True)
+  logging.getLogger('jax').addHandler(_CompileLogHandler())
 
 
 # Module- or session-scoped fixtures that train a run.
