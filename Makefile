@@ -29,12 +29,18 @@ install-test: $(VENV)/.installed-test
 demo: install
 	$(PY) -m bgmat.cli demo --out demo_out
 
+# Two pytest-xdist workers (the suite compiles single-threaded; the workers
+# share one locked compilation cache, tests/conftest.py); a test file stays on
+# one worker, so its module fixtures are built once. TEST_WORKERS=0: serial.
+TEST_WORKERS ?= 2
+TEST_ARGS = -n $(TEST_WORKERS) --dist loadfile
+
 test: install-test
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q $(TEST_ARGS) tests
 
 # Everything except the tests that train models (`slow`, tests/conftest.py).
 test-quick: install-test
-	$(PY) -m pytest -q -m 'not slow' tests
+	$(PY) -m pytest -q $(TEST_ARGS) -m 'not slow' tests
 
 # The real-portrait study (README "The study"): data from DATA (never
 # committed), both stages in their variants and seeds, baselines, peer, report.

@@ -33,14 +33,18 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 import jax  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
-# One cache folder per pytest-xdist worker: JAX writes cache entries without a
-# lock (unless a size limit is set), so two workers compiling the same program
-# would read each other's half-written files. Subprocesses of a test
-# (multihost, faults, serve) get the folder of their worker (JAX_TEST_CACHE).
-_WORKER = os.environ.get('PYTEST_XDIST_WORKER', '')
-JAX_TEST_CACHE = os.path.join(tempfile.gettempdir(),
-                              'bgmat_test_jax_cache' + (f'_{_WORKER}' if _WORKER else ''))
+# One compilation cache for the whole run: both pytest-xdist workers (`make
+# test` runs two) and the subprocesses of tests (multihost, faults, serve,
+# through JAX_TEST_CACHE and the environment), so a program one of them
+# compiled is read by the others. JAX writes entries without a lock unless the
+# cache has a size bound (jax._src.lru_cache.LRUCache: then every read and
+# write holds a file lock in the folder), so a bound far above the suite's
+# needs (about 1 GB) is set: a worker never reads another's half-written entry.
+JAX_TEST_CACHE = os.path.join(tempfile.gettempdir(), 'bgmat_test_jax_cache')
+JAX_TEST_CACHE_MAX_BYTES = 16 * 2**30
+os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(JAX_TEST_CACHE_MAX_BYTES))
 jax.config.update('jax_compilation_cache_dir', JAX_TEST_CACHE)
+jax.config.update('jax_compilation_cache_max_size', JAX_TEST_CACHE_MAX_BYTES)
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 # BGMAT_TEST_COMPILE_LOG=FILE: append one tab-separated line per trace, MLIR
