@@ -39,7 +39,8 @@ import pytest  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-po
 # compiled is read by the others. JAX writes entries without a lock unless the
 # cache has a size bound (jax._src.lru_cache.LRUCache: then every read and
 # write holds a file lock in the folder), so a bound far above the suite's
-# needs (about 1 GB) is set: a worker never reads another's half-written entry.
+# needs (about 80 MB from a cold start) is set: a worker never reads another's
+# half-written entry.
 JAX_TEST_CACHE = os.path.join(tempfile.gettempdir(), 'bgmat_test_jax_cache')
 JAX_TEST_CACHE_MAX_BYTES = 16 * 2**30
 os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(JAX_TEST_CACHE_MAX_BYTES))
