@@ -156,6 +156,7 @@ def test_max_side_caps_the_matting_size(networks):
     make_remover(networks, max_side=0)
 
 
+@pytest.mark.slow  # Compiles tiny DeepLabV3+ steps: tens of seconds.
 def test_preseg_test_time_augmentation_reaches_the_prior(networks):
   """Remover(preseg_flip, preseg_scales): its pre-segmentation is
   `runs.preseg_probability` with that augmentation on the letterboxed photo."""

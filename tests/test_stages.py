@@ -51,6 +51,7 @@ def test_from_dict_refuses_a_tree_that_is_not_a_train_state():
     stages.TrainState.from_dict({'params': {}, 'weights': {}})
 
 
+@pytest.mark.slow  # Compiles tiny DeepLabV3+ steps: tens of seconds.
 def test_preseg_stage_steps_and_predicts_through_the_one_interface():
   """init -> step -> eval_variables -> predict, with no stage-specific code."""
   config = preseg_configs.get_config('tiny')
