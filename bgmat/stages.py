@@ -310,15 +310,17 @@ class MattingStage(Stage):
           {'params': params['g'], 'batch_stats': state.batch_stats},
           batch['image'], prior, train=True, mutable=['batch_stats'])
       alpha = alpha.astype(jnp.float32)  # Losses in float32 whatever config.dtype.
-      terms = {
-          'l1': losses.alpha_l1(alpha, batch['alpha']),
-          'l1_unknown': losses.alpha_l1(alpha, batch['alpha'], unknown),
-          'comp': losses.composition_l1(alpha, batch['alpha'], batch['fg'], batch['bg'],
-                                        batch['image']),
-          'lap': losses.laplacian_pyramid_loss(alpha, batch['alpha']),
-          'grad': losses.alpha_gradient_loss(alpha, batch['alpha']),
-          'grad_unknown': losses.alpha_gradient_loss(alpha, batch['alpha'], unknown),
+      reconstruction = {
+          'l1': lambda: losses.alpha_l1(alpha, batch['alpha']),
+          'l1_unknown': lambda: losses.alpha_l1(alpha, batch['alpha'], unknown),
+          'comp': lambda: losses.composition_l1(alpha, batch['alpha'], batch['fg'],
+                                                batch['bg'], batch['image']),
+          'lap': lambda: losses.laplacian_pyramid_loss(alpha, batch['alpha']),
+          'grad': lambda: losses.alpha_gradient_loss(alpha, batch['alpha']),
+          'grad_unknown': lambda: losses.alpha_gradient_loss(alpha, batch['alpha'], unknown),
       }
+      # A term weighted 0 is neither computed nor logged.
+      terms = {k: term() for k, term in reconstruction.items() if weights[k]}
       g_loss = faults.inject_nan(sum(weights[k] * v for k, v in terms.items()),
                                  state.step, config)
       d_loss = jnp.zeros(())
