@@ -30,9 +30,6 @@ os.environ.setdefault('XLA_FLAGS',
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
-import jax  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-import pytest  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-
 # One compilation cache for the whole run: both pytest-xdist workers (`make
 # test` runs two) and the subprocesses of tests (multihost, faults, serve,
 # through JAX_TEST_CACHE and the environment), so a program one of them
@@ -43,9 +40,13 @@ import pytest  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-po
 # half-written entry.
 JAX_TEST_CACHE = os.path.join(tempfile.gettempdir(), 'bgmat_test_jax_cache')
 JAX_TEST_CACHE_MAX_BYTES = 16 * 2**30
-os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(JAX_TEST_CACHE_MAX_BYTES))
+# Set before JAX is imported: this process and every subprocess read it.
+os.environ['JAX_COMPILATION_CACHE_MAX_SIZE'] = str(JAX_TEST_CACHE_MAX_BYTES)
+
+import jax  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
 jax.config.update('jax_compilation_cache_dir', JAX_TEST_CACHE)
-jax.config.update('jax_compilation_cache_max_size', JAX_TEST_CACHE_MAX_BYTES)
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 # BGMAT_TEST_COMPILE_LOG=FILE: append one tab-separated line per trace, MLIR
