@@ -83,7 +83,7 @@ def base(stage: str) -> ml_collections.ConfigDict:
   # Faults. 'stop': a non-finite loss stops the run before any save; 'skip':
   # the step's update is dropped and counted (train/skipped_steps).
   config.nonfinite = 'stop'
-  # Fault injection for tests (0: off): a NaN loss at that step; block the loop
+  # Fault injection for tests (0: off): a NaN image in that step; block the loop
   # after that step (its checkpoint finished) until SIGTERM or kill.
   config.debug = ml_collections.ConfigDict(dict(nan_at_step=0, hang_at_step=0))
   return config

@@ -9,8 +9,10 @@
   the first bad step, so the last good checkpoint is never overwritten; 'skip'
   drops the step's update inside the jitted step and counts it in
   `state.skipped_steps` (`stages.TrainState`).
-* Debug knobs (`config.debug`), for tests of the above: `nan_at_step` turns that
-  step's loss into NaN inside the jitted step, `hang_at_step` blocks the loop
+* Debug knobs (`config.debug`), for tests of the above: `nan_at_step` feeds that
+  step a NaN image (on the host, so the compiled step is the one every run
+  uses, and its loss, gradients and statistics come out NaN the way a bad
+  record makes them), `hang_at_step` blocks the loop
   after that step, before its logs and checkpoint, once earlier saves are
   finished, so a test can kill the process at a known point (SIGTERM then
   saves at that step).
@@ -36,15 +38,6 @@ class NonFiniteLossError(RuntimeError):
 # ---------------------------------------------------------------------------
 # Inside the jitted step.
 # ---------------------------------------------------------------------------
-
-
-def inject_nan(loss: jax.Array, step: jax.Array, config) -> jax.Array:
-  """NaN instead of `loss` at step `config.debug.nan_at_step` (1-based, the
-  step number the logs show); `loss` untouched (same program) when it is 0."""
-  nan_at_step = config.debug.nan_at_step
-  if not nan_at_step:
-    return loss
-  return jnp.where(step + 1 == nan_at_step, jnp.nan, 1.0).astype(loss.dtype) * loss
 
 
 def guard_nonfinite(step_fn: Callable, mode: str) -> Callable:
@@ -135,6 +128,15 @@ class Preemption:
     if jax.process_count() > 1:
       return self._manager.reached_preemption(step)
     return self.requested
+
+
+def poison_if_asked(config, step: int, batch: dict[str, Any]) -> dict[str, Any]:
+  """`batch` (host arrays) with a NaN `image` if `step` (1-based, the number
+  the logs show) is `config.debug.nan_at_step`; `batch` itself otherwise."""
+  if step != config.debug.nan_at_step:
+    return batch
+  logging.warning('debug.nan_at_step=%d: a NaN image in this step.', step)
+  return dict(batch, image=np.full_like(batch['image'], np.nan))
 
 
 def hang_if_asked(config, step: int, manager, preemption: Preemption) -> None:

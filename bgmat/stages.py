@@ -203,7 +203,6 @@ class PresegStage(Stage):
       logits = logits.astype(jnp.float32)  # Losses in float32 whatever config.dtype.
       loss = losses.seg_loss(logits, batch['alpha'], bce_weight=config.loss.bce,
                              dice_weight=config.loss.dice)
-      loss = faults.inject_nan(loss, state.step, config)
       return loss, (updates['batch_stats'], logits)
 
     (loss, (batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -321,8 +320,7 @@ class MattingStage(Stage):
       }
       # A term weighted 0 is neither computed nor logged.
       terms = {k: term() for k, term in reconstruction.items() if weights[k]}
-      g_loss = faults.inject_nan(sum(weights[k] * v for k, v in terms.items()),
-                                 state.step, config)
+      g_loss = sum(weights[k] * v for k, v in terms.items())
       d_loss = jnp.zeros(())
       d_stats = {}
       if adversarial:

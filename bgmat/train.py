@@ -142,7 +142,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with writers.metric_writers.ensure_flushes(writer), faults.Preemption(manager) as preemption:
       while step < stop_at:
         with jax.profiler.StepTraceAnnotation('train', step_num=step):
-          batch = sharding.to_global(next(train_iter), mesh)
+          batch = sharding.to_global(faults.poison_if_asked(config, step + 1, next(train_iter)),
+                                     mesh)
           if compiled_step is None:
             # Compile first; multi-host, every process then waits for the
             # others (whose compile may take longer than gloo's 30 s).

@@ -1,7 +1,8 @@
 """Test set-up: 4 forced CPU devices so sharded code paths run on any machine,
 a persistent compilation cache so repeated identical jits compile once, XLA's
 CPU code generation without LLVM's optimisation (FAST_COMPILE_XLA_FLAGS), a
-tiny synthetic data set built once per session, and the `slow` marker.
+tiny synthetic data set built once per session, tiny trained runs built once
+for all tests and workers (SharedRuns), and the `slow` marker.
 
 `slow`: the test trains a model (calls `train.train_and_evaluate` / `bgmat.main`,
 or uses a fixture that does: TRAINING_FIXTURES) or otherwise runs for tens of
@@ -11,6 +12,9 @@ slow') the rest. Tests that train in their own body carry `@pytest.mark.slow`
 uses a trained run is slow without anyone remembering to say so."""
 import logging
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 
 # The tests run tiny models for a few steps: compiling is most of their time.
@@ -25,8 +29,26 @@ import tempfile
 # optimised code.
 FAST_COMPILE_XLA_FLAGS = ('--xla_backend_optimization_level=0 '
                           '--xla_llvm_disable_expensive_passes=true')
-os.environ.setdefault('XLA_FLAGS',
-                      '--xla_force_host_platform_device_count=4 ' + FAST_COMPILE_XLA_FLAGS)
+# XLA's older loop emitters for fused elementwise ops instead of its MLIR
+# fusion emitters: same fusions and same arithmetic, compiled in about 3/4 of
+# the time (tests/test_train.py + test_stages.py from a cold cache: 230 -> 174
+# CPU s). Only if this XLA knows the flag: XLA aborts on an unknown one, and
+# newer releases may drop it (checked once, by the first pytest process; the
+# workers and subprocesses inherit the result through XLA_FLAGS).
+OPTIONAL_XLA_FLAGS = ('--xla_cpu_use_fusion_emitters=false',)
+
+
+def _xla_accepts(flag: str) -> bool:
+  env = dict(os.environ, XLA_FLAGS=flag, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
+  result = subprocess.run([sys.executable, '-c', 'import jax; jax.devices()'], env=env,
+                          capture_output=True, timeout=300, check=False)
+  return result.returncode == 0
+
+
+if 'XLA_FLAGS' not in os.environ:
+  os.environ['XLA_FLAGS'] = ' '.join(
+      ['--xla_force_host_platform_device_count=4', FAST_COMPILE_XLA_FLAGS,
+       *[flag for flag in OPTIONAL_XLA_FLAGS if _xla_accepts(flag)]])
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
@@ -72,8 +94,8 @@ if _COMPILE_LOG:
 
 
 # Module- or session-scoped fixtures that train a run.
-TRAINING_FIXTURES = frozenset({'matting_workdir', 'loaded_remover', 'tiny_runs',
-                               'preseg_workdir'})
+TRAINING_FIXTURES = frozenset({'shared_runs', 'matting_workdir', 'loaded_remover',
+                               'tiny_runs', 'preseg_workdir', 'autolabel_runs'})
 
 
 def pytest_configure(config):
@@ -107,23 +129,77 @@ def tiny_data(tmp_path_factory):
   return synthetic_portraits.build_synthetic(data_dir, 'tiny'), data_dir
 
 
+class SharedRuns:
+  """Tiny trained runs under one root, built on first use and shared by every
+  test of the session and by both pytest-xdist workers (`make test`): a run is
+  built by whichever worker asks first, under a file lock, and read by the
+  other; so each is trained once per `make test`, not once per worker and
+  fixture. Tests read them and never write into them (copy first).
+
+  `preseg`: stage 1, tiny, improved; `preseg_original`: the same, original
+  head; `matting`: stage 2, tiny, adversarial, on `preseg` (its config says
+  `preseg_workdir='preseg'`, relative to its parent, as `bgmat remove
+  --workdir` sees a trained run). Each trains the tiny configs' 4 steps."""
+
+  def __init__(self, root, tiny_data):
+    self.root, self.tiny_data = root, tiny_data
+
+  def _config(self, name):
+    import configs.matting as matting_configs  # pylint: disable=g-import-not-at-top
+    import configs.preseg as preseg_configs  # pylint: disable=g-import-not-at-top
+    if name == 'matting':
+      config = matting_configs.get_config('tiny')
+      config.preseg_workdir = 'preseg'  # Relative to the workdir's parent.
+    else:
+      config = preseg_configs.get_config('tiny,original' if name == 'preseg_original' else 'tiny')
+    config.dataset, config.data_dir = self.tiny_data
+    config.eval_test = False
+    return config
+
+  def get(self, name: str) -> str:
+    """The path of run `name`, trained first if no worker has done so yet."""
+    import filelock  # pylint: disable=g-import-not-at-top
+    from bgmat import train  # pylint: disable=g-import-not-at-top
+    if name == 'matting':
+      self.get('preseg')
+    workdir, done = self.root / name, self.root / f'{name}.done'
+    with filelock.FileLock(str(self.root / f'{name}.lock')):
+      if not done.exists():
+        if workdir.exists():  # A worker that failed half way.
+          shutil.rmtree(workdir)
+        train.train_and_evaluate(self._config(name), str(workdir))
+        done.touch()
+    return str(workdir)
+
+
 @pytest.fixture(scope='session')
-def matting_workdir(tiny_data, tmp_path_factory):
-  """A tiny matting run (2 steps, no adversary) on a tiny stage-1 run (2 steps):
-  `runs/matting` with `preseg_workdir='preseg'` (relative to its parent), as
-  `bgmat remove --workdir` sees a trained run. Shared by the removal, video
-  and export tests."""
-  from bgmat import train  # pylint: disable=g-import-not-at-top
-  import configs.matting as matting_configs  # pylint: disable=g-import-not-at-top
-  import configs.preseg as preseg_configs  # pylint: disable=g-import-not-at-top
-  root = tmp_path_factory.mktemp('runs')
-  preseg = preseg_configs.get_config('tiny')
-  preseg.dataset, preseg.data_dir = tiny_data
-  preseg.num_train_steps, preseg.eval_test = 2, False
-  train.train_and_evaluate(preseg, str(root / 'preseg'))
-  matting = matting_configs.get_config('tiny,noadv')
-  matting.dataset, matting.data_dir = tiny_data
-  matting.num_train_steps, matting.eval_test = 2, False
-  matting.preseg_workdir = 'preseg'  # Relative to the workdir's parent.
-  train.train_and_evaluate(matting, str(root / 'matting'))
-  return str(root / 'matting')
+def shared_runs(tiny_data, tmp_path_factory):
+  """SharedRuns in a folder both xdist workers see (the session's base
+  temporary folder's parent is per run, shared by its workers)."""
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    root = tmp_path_factory.getbasetemp().parent / 'shared_runs'
+    root.mkdir(exist_ok=True)
+  else:
+    root = tmp_path_factory.mktemp('shared_runs')
+  return SharedRuns(root, tiny_data)
+
+
+@pytest.fixture(scope='session')
+def matting_workdir(shared_runs):
+  """The tiny matting run (SharedRuns): the removal, video and export tests'
+  trained run."""
+  return shared_runs.get('matting')
+
+
+@pytest.fixture(scope='session')
+def preseg_workdir(shared_runs):
+  """The tiny pre-segmentation run (SharedRuns)."""
+  return shared_runs.get('preseg')
+
+
+@pytest.fixture(scope='session')
+def tiny_runs(shared_runs):
+  """The root of all SharedRuns, each trained (the report's inputs)."""
+  for name in ('preseg', 'preseg_original', 'matting'):
+    shared_runs.get(name)
+  return shared_runs.root

@@ -12,28 +12,7 @@ from bgmat import baselines
 from bgmat import report
 from bgmat import report_extras
 from bgmat import report_stats
-from bgmat import train
 from bgmat import trimap as trimap_lib
-import configs.matting as matting_configs
-import configs.preseg as preseg_configs
-
-
-def _train(config, tiny_data, workdir):
-  config.dataset, config.data_dir = tiny_data
-  config.eval_test = False
-  train.train_and_evaluate(config, workdir)
-  return workdir
-
-
-@pytest.fixture(scope='module')
-def tiny_runs(tiny_data, tmp_path_factory):
-  root = tmp_path_factory.mktemp('runs')
-  preseg = _train(preseg_configs.get_config('tiny'), tiny_data, str(root / 'preseg'))
-  _train(preseg_configs.get_config('tiny,original'), tiny_data, str(root / 'preseg_original'))
-  matting = matting_configs.get_config('tiny')
-  matting.preseg_workdir = 'preseg'
-  _train(matting, tiny_data, str(root / 'matting'))
-  return root
 
 
 def test_trimap_from_prob_bands():
@@ -78,14 +57,20 @@ def _alphamatting_dir(root):
 
 def test_report_from_tiny_runs(tiny_runs, tiny_data, tmp_path):
   out = tmp_path / 'report'
-  # A second seed of the matting variant (a copy: same numbers, spread 0).
-  shutil.copytree(tiny_runs / 'matting', tiny_runs / 'matting_s1', dirs_exist_ok=True)
+  # A second seed of the matting variant (a copy: same numbers, spread 0),
+  # outside the shared runs (never written into), naming the same stage 1.
+  seed1 = tmp_path / 'matting_s1'
+  shutil.copytree(tiny_runs / 'matting', seed1)
+  config = json.loads((seed1 / 'config.json').read_text())
+  config['preseg_workdir'] = str(tiny_runs / 'preseg')
+  (seed1 / 'config.json').write_text(json.dumps(config))
   peer = tmp_path / 'peer.json'
   peer.write_text(json.dumps({'method': 'MediaPipe selfie', 'split': 'validation', 'n': 4,
                               'iou': 0.5, 'boundary_f': 0.25}))
   alphamatting = _alphamatting_dir(tmp_path / 'alphamatting')
   path = report.main(['--workdirs', *(str(tiny_runs / n) for n in
-                                      ('preseg', 'preseg_original', 'matting', 'matting_s1')),
+                                      ('preseg', 'preseg_original', 'matting')),
+                      str(seed1),
                       '--data_dir', tiny_data[1], '--max_examples', '4', '--cf_config', 'tiny',
                       '--peer_table', str(peer), '--alphamatting', str(alphamatting),
                       '--alphamatting_trimaps', 'trimap1', 'trimap2', '--tta_flip',
@@ -135,9 +120,9 @@ def test_report_from_tiny_runs(tiny_runs, tiny_data, tmp_path):
     assert os.path.getsize(out / name) > 1000
 
 
-def test_cutouts_of_the_held_out_photos(tiny_runs, tmp_path):
+def test_cutouts_of_the_held_out_photos(matting_workdir, tmp_path):
   written = report_extras.render_cutouts(
-      [('tiny', str(tiny_runs / 'matting')), ('again', str(tiny_runs / 'matting'))],
+      [('tiny', matting_workdir), ('again', matting_workdir)],
       str(tmp_path), height=64, log=lambda _: None)
   assert [photo for photo, _ in written] == ['astronaut', 'grace_hopper']
   for _, path in written:
@@ -258,13 +243,13 @@ def test_matting_segmentation_is_checked_against_its_own_stage_1():
   assert "`DeepLabV3+ improved`" in line and '**holds**' not in line
 
 
-def test_test_time_augmentation_averages_logits_over_flips_and_scales(tiny_runs):
+def test_test_time_augmentation_averages_logits_over_flips_and_scales(preseg_workdir):
   """`runs.preseg_probability`: flip averages the logits of the image and of
   its mirror (so mirroring the input mirrors the output); scales average the
   logits of the resized inputs, resized back."""
   import jax  # pylint: disable=g-import-not-at-top
   from bgmat import runs  # pylint: disable=g-import-not-at-top
-  stage = runs.load_preseg(str(tiny_runs / 'preseg'))
+  stage = runs.load_preseg(preseg_workdir)
   images = np.random.default_rng(0).uniform(size=(2, 64, 128, 3)).astype(np.float32)
   prob = lambda x, **kw: np.asarray(runs.preseg_probability(stage.module, stage.variables, x,
                                                             **kw))

@@ -183,28 +183,21 @@ def test_cli(photo_folder, tmp_path):
 
 
 @pytest.fixture(scope='module')
-def preseg_workdir(tiny_data, tmp_path_factory):
-  """A tiny pre-segmentation run (2 steps, as tests/test_remover.py's) and a
-  matting run's config that names it."""
-  from bgmat import train  # pylint: disable=g-import-not-at-top
-  import configs.preseg as preseg_configs  # pylint: disable=g-import-not-at-top
-  root = tmp_path_factory.mktemp('runs')
-  config = preseg_configs.get_config('tiny')
-  config.dataset, config.data_dir = tiny_data
-  config.num_train_steps = 2
-  config.eval_test = False
-  train.train_and_evaluate(config, str(root / 'preseg'))
-  (root / 'matting').mkdir()
-  (root / 'matting' / 'config.json').write_text(
-      json.dumps({'stage': 'matting', 'preseg_workdir': 'preseg'}))
-  return str(root / 'preseg'), str(root / 'matting')
+def autolabel_runs(preseg_workdir, tmp_path_factory):
+  """The shared tiny pre-segmentation run (conftest.SharedRuns) and a matting
+  run's config that names it."""
+  matting = tmp_path_factory.mktemp('runs') / 'matting'
+  matting.mkdir()
+  (matting / 'config.json').write_text(
+      json.dumps({'stage': 'matting', 'preseg_workdir': os.path.abspath(preseg_workdir)}))
+  return preseg_workdir, str(matting)
 
 
-def test_preseg_workdir_mask_source(preseg_workdir, photo_folder, tmp_path):
+def test_preseg_workdir_mask_source(autolabel_runs, photo_folder, tmp_path):
   import jax  # pylint: disable=g-import-not-at-top
   from bgmat.inference import resolution  # pylint: disable=g-import-not-at-top
   from bgmat import runs  # pylint: disable=g-import-not-at-top
-  preseg, matting = preseg_workdir
+  preseg, matting = autolabel_runs
   source = autolabel.PresegMasks(preseg)
   image = _example(0, size=70)['image'][:, :50]
   mask = source('x', image)
