@@ -34,7 +34,7 @@ FAST_COMPILE_XLA_FLAGS = ('--xla_backend_optimization_level=0 '
 # the time (tests/test_train.py + test_stages.py from a cold cache: 230 -> 174
 # CPU s). Only if this XLA knows the flag: XLA aborts on an unknown one, and
 # newer releases may drop it (checked once, by the first pytest process; the
-# workers and subprocesses inherit the result through XLA_FLAGS).
+# workers inherit the result through BGMAT_TEST_XLA_FLAGS).
 OPTIONAL_XLA_FLAGS = ('--xla_cpu_use_fusion_emitters=false',)
 
 
@@ -45,10 +45,19 @@ def _xla_accepts(flag: str) -> bool:
   return result.returncode == 0
 
 
-if 'XLA_FLAGS' not in os.environ:
-  os.environ['XLA_FLAGS'] = ' '.join(
-      ['--xla_force_host_platform_device_count=4', FAST_COMPILE_XLA_FLAGS,
-       *[flag for flag in OPTIONAL_XLA_FLAGS if _xla_accepts(flag)]])
+if 'BGMAT_TEST_XLA_FLAGS' not in os.environ:
+  os.environ['BGMAT_TEST_XLA_FLAGS'] = ' '.join(
+      [FAST_COMPILE_XLA_FLAGS, *[flag for flag in OPTIONAL_XLA_FLAGS if _xla_accepts(flag)]])
+
+
+def xla_flags(num_devices: int) -> str:
+  """XLA_FLAGS of the tests with `num_devices` forced CPU devices (also for the
+  subprocesses of tests: the same flags, so they share compiled programs)."""
+  return (f'--xla_force_host_platform_device_count={num_devices} '
+          + os.environ['BGMAT_TEST_XLA_FLAGS'])
+
+
+os.environ.setdefault('XLA_FLAGS', xla_flags(4))
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 

@@ -61,8 +61,7 @@ def main_command(tiny_data, workdir, *extra):
 def subprocess_env(num_devices):
   env = dict(os.environ)
   env.update({
-      'XLA_FLAGS': (f'--xla_force_host_platform_device_count={num_devices} '
-                    + conftest.FAST_COMPILE_XLA_FLAGS),
+      'XLA_FLAGS': conftest.xla_flags(num_devices),
       'JAX_PLATFORMS': 'cpu',
       'PYTHONPATH': REPO + os.pathsep + env.get('PYTHONPATH', ''),
       # The compilation cache of the tests (conftest): the reference run's
