@@ -188,7 +188,7 @@ def test_sharded_forward_backward_matches_unsharded():
     np.testing.assert_allclose(a, b, rtol=2 * np.finfo(np.float32).eps, atol=1e-12)
 
   # Train-mode forward with dropout (default rate, float32): same masks when sharded.
-  model_d = D.PRESETS[name]()
+  model_d = D.PRESETS['deeplabv3plus_tiny_improved']()
   variables = jax.tree.map(lambda a: np.asarray(a, np.float32), variables)
   x = x.astype(np.float32)
   fwd = jax.jit(lambda v, x: model_d.apply(v, x, True, mutable=['batch_stats'],
