@@ -34,7 +34,6 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from bgmat import faults
 from bgmat import losses
 from bgmat import runs
 from bgmat import trimap as trimap_lib
