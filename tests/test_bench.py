@@ -81,3 +81,25 @@ def test_preseg_infer_bench_tiny_with_peer(tmp_path, capsys):
     assert 'failed' not in cells[2] and float(cells[3]) > 0 and float(cells[4]) > 0, row
     assert float(cells[6].split()[0]) > 0, row  # ours / peer time
   assert out.read_text().startswith('`python -m bench.preseg_infer --preset tiny')
+
+
+def test_grad_breakdown_adds_up_to_the_dim_grad():
+  from bench import matting_grad_breakdown
+  from bgmat import metrics
+  rng = np.random.default_rng(0)
+  yy, xx = np.mgrid[:40, :48]
+  gt = np.clip((xx - 20) * 40 + 128, 0, 255).astype(np.uint8)  # A soft vertical edge.
+  pred = np.clip(gt.astype(int) + rng.integers(-30, 30, gt.shape), 0, 255).astype(np.uint8)
+  trimap = np.where(np.abs(xx - 20) <= 6, 128, np.where(xx > 20, 255, 0)).astype(np.uint8)
+  band = trimap == 128
+  parts = matting_grad_breakdown.breakdown(pred, gt, band)
+  # Float32 amplitudes in bgmat.metrics, float64 here: agree to float32 rounding.
+  np.testing.assert_allclose(parts['grad'], metrics.matting_metrics(pred, gt, which=('grad',))['grad'],
+                             rtol=1e-4)
+  np.testing.assert_allclose(parts['grad_band'],
+                             metrics.matting_metrics(pred, gt, trimap, which=('grad',))['grad'],
+                             rtol=1e-4)
+  np.testing.assert_allclose(parts['band_softer'] + parts['band_sharper'], parts['grad_band'],
+                             rtol=1e-12)
+  np.testing.assert_allclose(parts['grad_band'] + parts['outside'], parts['grad'], rtol=1e-12)
+  assert parts['band_softer'] > 0 and parts['band_sharper'] > 0 and parts['outside'] > 0
