@@ -481,7 +481,9 @@ def write_report(runs, rows, seg_rows, peers, alpha_rows, cutouts, curves, sampl
                  '(image and alpha bilinear, trimap nearest)' if args.alphamatting_max_side
                  else 'at full size') +
               '. The matting stage gets the prior made from the trimap (foreground 1, '
-              'background 0, unknown 0.5, ' +
+              'background 0, unknown ' + ('0.5' if args.alphamatting_prior == 'flat' else
+                                          'd_bg / (d_bg + d_fg), the distances to the known '
+                                          'regions') + ', ' +
               (f'Gaussian blur sigma {args.alphamatting_blur} px' if args.alphamatting_blur
                else 'not blurred') + '); closed-form matting gets the same trimap. '
               '"(unknown)": over the trimap\'s unknown region.', '']
@@ -569,6 +571,8 @@ def parse_args(argv):
                       help='downscale photos to this long side (0: full size)')
   parser.add_argument('--alphamatting_blur', type=float, default=0.0,
                       help='Gaussian sigma (px) of the prior made from the trimap')
+  parser.add_argument('--alphamatting_prior', choices=report_extras.PRIOR_FILLS, default='flat',
+                      help="the prior's unknown region: 0.5 (flat) or a distance ramp")
   parser.add_argument('--cutouts', action='store_true',
                       help='cut-outs of the held-out astronaut and Grace Hopper')
   parser.add_argument('--compare_workdir', default='',
@@ -602,7 +606,7 @@ def main(argv=None) -> str:
     alpha_rows = report_extras.alphamatting_rows(
         args.alphamatting, [(r.label, r.name, r.workdir) for r in matting],
         trimaps=args.alphamatting_trimaps, max_side=args.alphamatting_max_side,
-        blur_sigma=args.alphamatting_blur,
+        blur_sigma=args.alphamatting_blur, prior_fill=args.alphamatting_prior,
         cg_maxiter=closed_form_configs.get_config(args.cf_config).cg_maxiter)
   cutouts = []
   if args.cutouts:

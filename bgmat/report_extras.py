@@ -76,10 +76,30 @@ def load_alphamatting(directory: str, trimap_dir: str, max_side: int = 0):
            alpha.astype(np.float32) / 255.0, levels)
 
 
-def prior_from_trimap(trimap: np.ndarray, blur_sigma: float = 0.0) -> np.ndarray:
-  """The matting stage's prior from a trimap: fg 1, bg 0, unknown 0.5, then
-  (if `blur_sigma` > 0, pixels) a Gaussian blur. (H, W) -> (H, W) float32 [0, 1]."""
+PRIOR_FILLS = ('flat', 'ramp')
+
+
+def prior_from_trimap(trimap: np.ndarray, blur_sigma: float = 0.0, fill: str = 'flat') -> np.ndarray:
+  """The matting stage's prior from a trimap. (H, W) {0, 0.5, 1} -> (H, W) float32 in [0, 1].
+
+  Known foreground is 1 and known background 0; the unknown region is filled
+  with 0.5 (`fill='flat'`) or, with `fill='ramp'`, with d_bg / (d_bg + d_fg), the
+  Euclidean distances (pixels) to the nearest known background and foreground
+  pixel: a soft transition across the unknown band, closer to what the
+  pre-segmentation the stage was trained on gives than a plateau (0.5 where a
+  known region is missing). Then, if `blur_sigma` > 0 (pixels), a Gaussian blur.
+
+  Raises:
+    ValueError: an unknown `fill`.
+  """
+  if fill not in PRIOR_FILLS:
+    raise ValueError(f'fill must be one of {PRIOR_FILLS}, got {fill!r}')
   prior = np.asarray(trimap, np.float32)
+  unknown = (prior > 0.0) & (prior < 1.0)
+  if fill == 'ramp' and unknown.any() and (prior >= 1.0).any() and (prior <= 0.0).any():
+    to_fg = ndi.distance_transform_edt(prior < 1.0)  # 0 on known foreground.
+    to_bg = ndi.distance_transform_edt(prior > 0.0)  # 0 on known background.
+    prior = np.where(unknown, to_bg / (to_bg + to_fg), prior).astype(np.float32)
   if blur_sigma > 0:
     prior = ndi.gaussian_filter(prior, blur_sigma, mode='nearest')
   return np.clip(prior, 0.0, 1.0)
@@ -107,7 +127,8 @@ class _Matter:
 
 
 def alphamatting_rows(directory: str, matting_runs: list, trimaps=('trimap1',),
-                      max_side: int = 400, blur_sigma: float = 0.0, cg_maxiter: int = 2000,
+                      max_side: int = 400, blur_sigma: float = 0.0, prior_fill: str = 'flat',
+                      cg_maxiter: int = 2000,
                       log=print) -> list[dict]:
   """Per trimap set: one row per matting run and one for closed-form matting.
 
@@ -122,7 +143,7 @@ def alphamatting_rows(directory: str, matting_runs: list, trimaps=('trimap1',),
     per_method = {}
     count = 0
     for name, image, alpha, trimap in load_alphamatting(directory, trimap_dir, max_side):
-      prior = prior_from_trimap(trimap, blur_sigma)
+      prior = prior_from_trimap(trimap, blur_sigma, prior_fill)
       predictions = {(label, run): matter(image, prior) for label, run, matter in matters}
       predictions[('closed-form matting (pymatting)', '-')] = baselines.closed_form_alpha(
           image, trimap, cg_maxiter)[..., 0]

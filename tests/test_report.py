@@ -73,7 +73,8 @@ def test_report_from_tiny_runs(tiny_runs, tiny_data, tmp_path):
                       str(seed1),
                       '--data_dir', tiny_data[1], '--max_examples', '4', '--cf_config', 'tiny',
                       '--peer_table', str(peer), '--alphamatting', str(alphamatting),
-                      '--alphamatting_trimaps', 'trimap1', 'trimap2', '--tta_flip',
+                      '--alphamatting_trimaps', 'trimap1', 'trimap2', '--alphamatting_prior', 'ramp',
+                      '--tta_flip',
                       '--tta_scales', '1', '1.5',
                       '--out', str(out)])
   text = open(path, encoding='utf-8').read()
@@ -114,6 +115,7 @@ def test_report_from_tiny_runs(tiny_runs, tiny_data, tmp_path):
   for row in am:
     assert row['n'] == 2 and all(np.isfinite(row[k]) for k in report.COLUMNS[1:])
   assert 'alphamatting.com (trimap2)' in text
+  assert 'unknown d_bg / (d_bg + d_fg)' in text
   assert 'not tested (a run is missing)' in text  # no noadv run given
   assert 'CPU' in text or 'cores (os.cpu_count)' in text
   for name in ('curves_preseg.png', 'curves_matting.png', 'samples.png'):
@@ -205,6 +207,24 @@ def test_alphamatting_loader_downscales_with_a_nearest_trimap(tmp_path):
   os.remove(root / 'alpha' / 'GT02.png')
   with pytest.raises(ValueError, match='GT02.png'):
     list(report_extras.load_alphamatting(str(root), 'trimap1'))
+
+
+def test_ramp_prior_crosses_the_unknown_band_linearly():
+  # Columns 0-3 background, 4-10 unknown, 11-15 foreground: the nearest known
+  # background / foreground pixels are columns 3 and 11, 8 px apart.
+  trimap = np.zeros((5, 16), np.float32)
+  trimap[:, 4:11] = 0.5
+  trimap[:, 11:] = 1.0
+  prior = report_extras.prior_from_trimap(trimap, fill='ramp')
+  np.testing.assert_allclose(prior[2, 4:11], (np.arange(4, 11) - 3) / 8.0, rtol=1e-6)
+  np.testing.assert_array_equal(prior[:, :4], 0.0)
+  np.testing.assert_array_equal(prior[:, 11:], 1.0)
+  np.testing.assert_array_equal(report_extras.prior_from_trimap(trimap)[:, 4:11], 0.5)
+  # No known background: nothing to ramp from, the flat 0.5 stays.
+  np.testing.assert_array_equal(
+      report_extras.prior_from_trimap(np.maximum(trimap, 0.5), fill='ramp')[:, :11], 0.5)
+  with pytest.raises(ValueError, match='fill'):
+    report_extras.prior_from_trimap(trimap, fill='linear')
 
 
 def test_report_rejects_a_directory_that_is_not_a_run(tmp_path):
