@@ -41,18 +41,13 @@ COLUMNS = ('Grad', 'Grad (unk.)', 'unk., pred softer', 'unk., pred sharper',
            'outside unk.', 'amplitude in unk. (pred / gt)', 'amplitude outside (pred / gt)')
 
 
-def _amplitude(matte_u8: np.ndarray) -> np.ndarray:
-  gx, gy = metrics.gauss_gradient(metrics.mat2gray(matte_u8))
-  return np.sqrt(gx**2 + gy**2)
-
-
 def breakdown(pred_u8: np.ndarray, gt_u8: np.ndarray, band: np.ndarray) -> dict:
   """Grad of one (H, W) uint8 prediction against its (H, W) uint8 truth, split by
   the (H, W) bool unknown band and by the sign of the amplitude difference."""
-  amp_p, amp_g = _amplitude(pred_u8), _amplitude(gt_u8)
+  amp_p, amp_g = metrics.gradient_amplitude(pred_u8), metrics.gradient_amplitude(gt_u8)
   error = (amp_p - amp_g)**2
   softer = amp_p < amp_g
-  total = lambda mask: float(error[mask].sum()) / 1000.0
+  total = lambda mask: float(error[mask].sum(dtype=np.float64)) / 1000.0  # As metrics._reduce.
   return {'grad': total(np.ones_like(band)), 'grad_band': total(band),
           'band_softer': total(band & softer), 'band_sharper': total(band & ~softer),
           'outside': total(~band),
@@ -92,10 +87,9 @@ def main(argv=None):
       continue
     images = batch['image'][valid]
     prob = np.asarray(preseg_prob(images))
-    trimaps = np.stack([trimap_lib.trimap_from_probability(
-        p, cf.fg_threshold, cf.bg_threshold, cf.band_radius) for p in prob])
-    preds = dict(zip(rows, (np.asarray(apply(stage.variables, images, prob)), prob,
-                            baselines.closed_form_batch(images, trimaps, cf.cg_maxiter))))
+    closed_form = baselines.closed_form_batch(images, baselines.preseg_trimaps(prob, cf),
+                                              cf.cg_maxiter)
+    preds = dict(zip(rows, (np.asarray(apply(stage.variables, images, prob)), prob, closed_form)))
     for i, (height, width) in enumerate(np.asarray(batch['region'])[valid]):
       gt = metrics.quantize(batch['alpha'][valid][i, :height, :width, 0])
       band = np.asarray(trimap_lib.unknown_mask(batch['trimap'][valid][i, :height, :width, 0]))

@@ -59,6 +59,16 @@ def closed_form_batch(images: np.ndarray, trimaps: np.ndarray, cg_maxiter: int =
   return np.stack([closed_form_alpha(i, t, cg_maxiter) for i, t in zip(images, trimaps)])
 
 
+def preseg_trimaps(prob: np.ndarray, config) -> np.ndarray:
+  """Trimaps from stage-1 probabilities with `config`'s fg_threshold,
+  bg_threshold and band_radius (configs/closed_form.py;
+  `trimap.trimap_from_probability`): (N, H, W, 1) float in [0, 1] -> (N, H, W, 1)
+  float32 {0, 0.5, 1}."""
+  return np.stack([trimap_lib.trimap_from_probability(p, config.fg_threshold,
+                                                      config.bg_threshold, config.band_radius)
+                   for p in prob])
+
+
 def evaluate_closed_form(config, split: str, preseg_prob=None) -> tuple[dict, dict]:
   """Metrics of closed-form matting on `split` under `config` (configs/closed_form.py),
   through the one evaluation loop (`evaluate.evaluate`).
@@ -83,9 +93,7 @@ def evaluate_closed_form(config, split: str, preseg_prob=None) -> tuple[dict, di
       trimaps = np.stack([trimap_lib.trimap01_from_alpha(a, config.trimap_radius)
                           for a in batch['alpha']])
     else:
-      trimaps = np.stack([
-          trimap_lib.trimap_from_probability(p, config.fg_threshold, config.bg_threshold,
-                                             config.band_radius) for p in preseg_prob(images)])
+      trimaps = preseg_trimaps(preseg_prob(images), config)
     return {'alpha': closed_form_batch(images, trimaps, config.cg_maxiter)}
 
   return eval_lib.evaluate_split(config, split, predict, which=tuple(config.eval_metrics))

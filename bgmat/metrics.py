@@ -136,12 +136,15 @@ def gauss_gradient(image: np.ndarray, sigma: float = _GRAD_SIGMA):
   return gx, gy
 
 
+def gradient_amplitude(matte: np.ndarray) -> np.ndarray:
+  """The DIM Grad metric's gradient amplitude of one (H, W) matte (uint8 here):
+  |`gauss_gradient`| of its `mat2gray`, (H, W) float32."""
+  gx, gy = gauss_gradient(mat2gray(matte))
+  return np.sqrt(gx**2 + gy**2).astype(np.float32)
+
+
 def _gradient_error_map(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
-  amplitudes = []
-  for matte in (pred, gt):
-    gx, gy = gauss_gradient(mat2gray(matte))
-    amplitudes.append(np.sqrt(gx**2 + gy**2).astype(np.float32))
-  return (amplitudes[0] - amplitudes[1])**2
+  return (gradient_amplitude(pred) - gradient_amplitude(gt))**2
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:

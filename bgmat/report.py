@@ -56,7 +56,6 @@ from bgmat import input_pipeline  # noqa: E402  pylint: disable=g-import-not-at-
 from bgmat import report_extras  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 from bgmat import report_stats as stats  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 from bgmat import runs as runs_lib  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-from bgmat import trimap as trimap_lib  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 from bgmat import writers  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 import configs.closed_form as closed_form_configs  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -305,8 +304,7 @@ def sample_columns(runs: list[Run], args, count: int = 4) -> dict:
     if run.config.stage == 'matting':
       prior = runs_lib.preseg_prob_fn(matting_preseg(run, args))
       columns[run.name] = _predictor(run, prior)(images)
-  trimaps = np.stack([trimap_lib.trimap_from_probability(p, cf.fg_threshold, cf.bg_threshold,
-                                                         cf.band_radius) for p in prob])
+  trimaps = baselines.preseg_trimaps(prob, cf)
   columns['trimap (pre-seg)'] = trimaps
   columns['closed-form'] = baselines.closed_form_batch(images, trimaps, cf.cg_maxiter)
   return columns

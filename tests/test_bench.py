@@ -93,7 +93,7 @@ def test_grad_breakdown_adds_up_to_the_dim_grad():
   trimap = np.where(np.abs(xx - 20) <= 6, 128, np.where(xx > 20, 255, 0)).astype(np.uint8)
   band = trimap == 128
   parts = matting_grad_breakdown.breakdown(pred, gt, band)
-  # Float32 amplitudes in bgmat.metrics, float64 here: agree to float32 rounding.
+  # The same float32 amplitudes (metrics.gradient_amplitude) and float64 sums as bgmat.metrics.
   np.testing.assert_allclose(parts['grad'], metrics.matting_metrics(pred, gt, which=('grad',))['grad'],
                              rtol=1e-4)
   np.testing.assert_allclose(parts['grad_band'],
