@@ -107,6 +107,10 @@ class MattingGenerator(nn.Module):
       stages use width * (1, 2, 4, 8) (times 4 for bottleneck blocks), the
       full-resolution skip width // 2, and the decoder
       width * (4, 2, 1, 1/2, 1/4) from stride 16 down to stride 1.
+    decoder_min_width: lower bound on each decoder block's channels (0: none).
+      ResNet's halving leaves the stride-2 and stride-1 decoder blocks, the
+      ones that place the matte's edges, very thin at small widths (16 and 8
+      channels at width 32); a floor widens only those blocks.
     dtype: compute dtype (e.g. jnp.bfloat16); parameters and the output stay
       float32.
     residual_prior: predict a correction to the pre-segmentation: logits =
@@ -118,6 +122,7 @@ class MattingGenerator(nn.Module):
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   block: str = 'basic'
   width: int = 64
+  decoder_min_width: int = 0
   dtype: Any = jnp.float32
   residual_prior: bool = False
 
@@ -183,8 +188,9 @@ class MattingGenerator(nn.Module):
 
     # Decoder: from stride 32 down to stride 1, one skip per scale.
     y = skips.pop()
-    decoder_widths = (self.width * 4, self.width * 2, self.width,
-                      self.width // 2, self.width // 4)
+    decoder_widths = tuple(
+        max(w, self.decoder_min_width) for w in
+        (self.width * 4, self.width * 2, self.width, self.width // 2, self.width // 4))
     for i, filters in enumerate(decoder_widths):
       y = DecoderBlock(filters, conv=conv, norm=norm,
                        name=f'decoder{i + 1}')(y, skips.pop())
@@ -212,6 +218,9 @@ generator_tiny = functools.partial(MattingGenerator, stage_sizes=(1, 1, 1, 1),
 # layout at half width, about 3.6M parameters.
 generator_small = functools.partial(MattingGenerator, stage_sizes=(2, 2, 2, 2),
                                     block='basic', width=32)
+# generator_small with its two finest decoder blocks (stride 2 and 1) at 32
+# channels instead of 16 and 8: the study's probe of edge placement (README).
+generator_small_fine = functools.partial(generator_small, decoder_min_width=32)
 
 PRESETS: dict[str, Callable[..., MattingGenerator]] = {
     'generator_r18': generator_r18,
@@ -219,4 +228,5 @@ PRESETS: dict[str, Callable[..., MattingGenerator]] = {
     'generator_r50': generator_r50,
     'generator_tiny': generator_tiny,
     'generator_small': generator_small,
+    'generator_small_fine': generator_small_fine,
 }

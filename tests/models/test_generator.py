@@ -17,12 +17,16 @@ PARAM_COUNTS = {
     'generator_r34': 24_445_329,
     'generator_r50': 32_530_065,
     'generator_tiny': 508_213,
+    'generator_small': 3_590_665,
+    'generator_small_fine': 3_627_329,
 }
 PRESET_ARGS = {
     'generator_r18': ((2, 2, 2, 2), 'basic', 64),
     'generator_r34': ((3, 4, 6, 3), 'basic', 64),
     'generator_r50': ((3, 4, 6, 3), 'bottleneck', 64),
     'generator_tiny': ((1, 1, 1, 1), 'basic', 16),
+    'generator_small': ((2, 2, 2, 2), 'basic', 32),
+    'generator_small_fine': ((2, 2, 2, 2), 'basic', 32, 32),
 }
 
 
@@ -62,7 +66,7 @@ def _count(tree):
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
-def _expected_params(stage_sizes, block, width):
+def _expected_params(stage_sizes, block, width, decoder_min_width=0):
   """Parameter count written out layer by layer, independent of the model."""
   conv = lambda k, c_in, c_out: k * k * c_in * c_out  # no bias (BN follows)
   bn = lambda c: 2 * c  # scale + bias
@@ -86,7 +90,8 @@ def _expected_params(stage_sizes, block, width):
       c_in = c_out
     stage_channels.append(c_out)
   skip_channels = [width // 2, width] + stage_channels[:3]  # fine -> coarse
-  decoder_widths = [4 * width, 2 * width, width, width // 2, width // 4]
+  decoder_widths = [max(w, decoder_min_width)
+                    for w in (4 * width, 2 * width, width, width // 2, width // 4)]
   for filters, skip in zip(decoder_widths, reversed(skip_channels)):
     total += conv(3, c_in + skip, filters) + bn(filters)
     total += conv(3, filters, filters) + bn(filters)
@@ -232,3 +237,13 @@ def test_residual_prior_starts_from_the_prior_with_the_same_parameters(tiny_vari
   params['conv_alpha']['kernel'] = params['conv_alpha']['kernel'] + 0.1
   moved = _apply(model, {**variables, 'params': params}, image, preseg, train=False)
   assert np.abs(np.asarray(moved) - np.asarray(alpha)).max() > 1e-3
+
+
+def test_decoder_min_width_widens_only_the_thin_blocks():
+  def widths(model):
+    params = jax.eval_shape(functools.partial(_init, model))['params']
+    return [params[f'decoder{i}']['Conv_1']['kernel'].shape[-1] for i in range(1, 6)]
+
+  assert widths(generator.generator_small()) == [128, 64, 32, 16, 8]
+  assert widths(generator.generator_small_fine()) == [128, 64, 32, 32, 32]
+  assert widths(generator.generator_small(decoder_min_width=16)) == [128, 64, 32, 16, 16]
