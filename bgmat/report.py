@@ -484,6 +484,8 @@ def write_report(runs, rows, seg_rows, peers, alpha_rows, cutouts, curves, sampl
                                           'regions') + ', ' +
               (f'Gaussian blur sigma {args.alphamatting_blur} px' if args.alphamatting_blur
                else 'not blurred') + '); closed-form matting gets the same trimap. '
+              + ('The matting stage\'s alpha is evaluated with the trimap\'s known regions '
+                 'pasted in. ' if args.alphamatting_paste_known else '') +
               '"(unknown)": over the trimap\'s unknown region.', '']
     for trimap in sorted({r['trimap'] for r in alpha_rows}):
       chosen = [r for r in alpha_rows if r['trimap'] == trimap]
@@ -571,6 +573,9 @@ def parse_args(argv):
                       help='Gaussian sigma (px) of the prior made from the trimap')
   parser.add_argument('--alphamatting_prior', choices=report_extras.PRIOR_FILLS, default='flat',
                       help="the prior's unknown region: 0.5 (flat) or a distance ramp")
+  parser.add_argument('--alphamatting_paste_known', action='store_true',
+                      help="evaluate the matting stage's alpha with the trimap's known regions "
+                           'pasted in (as trimap-based matting is evaluated)')
   parser.add_argument('--cutouts', action='store_true',
                       help='cut-outs of the held-out astronaut and Grace Hopper')
   parser.add_argument('--compare_workdir', default='',
@@ -605,6 +610,7 @@ def main(argv=None) -> str:
         args.alphamatting, [(r.label, r.name, r.workdir) for r in matting],
         trimaps=args.alphamatting_trimaps, max_side=args.alphamatting_max_side,
         blur_sigma=args.alphamatting_blur, prior_fill=args.alphamatting_prior,
+        paste_known=args.alphamatting_paste_known,
         cg_maxiter=closed_form_configs.get_config(args.cf_config).cg_maxiter)
   cutouts = []
   if args.cutouts:

@@ -105,6 +105,23 @@ def prior_from_trimap(trimap: np.ndarray, blur_sigma: float = 0.0, fill: str = '
   return np.clip(prior, 0.0, 1.0)
 
 
+def paste_known_regions(alpha: np.ndarray, trimap: np.ndarray) -> np.ndarray:
+  """Alpha with the trimap's known regions pasted in. (H, W) float alpha in [0, 1]
+  and (H, W) trimap {0, 0.5, 1} -> (H, W) float32: 0 on known background, 1 on
+  known foreground, `alpha` over the unknown region. The usual evaluation of
+  trimap-based matting (e.g. the Deep Image Matting and GCA Matting reference
+  code clip the prediction to the trimap before computing the metrics).
+
+  Raises:
+    ValueError: the shapes differ.
+  """
+  alpha = np.asarray(alpha, np.float32)
+  trimap = np.asarray(trimap, np.float32)
+  if alpha.shape != trimap.shape:
+    raise ValueError(f'alpha {alpha.shape} and trimap {trimap.shape} differ in shape')
+  return np.where(trimap <= 0.0, 0.0, np.where(trimap >= 1.0, 1.0, alpha)).astype(np.float32)
+
+
 class _Matter:
   """A matting run applied to one photo at a time, padded to a multiple of the
   network stride (edge values), so photos of one padded size share a compile."""
@@ -128,13 +145,16 @@ class _Matter:
 
 def alphamatting_rows(directory: str, matting_runs: list, trimaps=('trimap1',),
                       max_side: int = 400, blur_sigma: float = 0.0, prior_fill: str = 'flat',
-                      cg_maxiter: int = 2000,
+                      paste_known: bool = False, cg_maxiter: int = 2000,
                       log=print) -> list[dict]:
   """Per trimap set: one row per matting run and one for closed-form matting.
 
   `matting_runs`: [(label, run name, workdir)]. Metrics are the DIM metrics
   of each photo (`metrics.batch_eval_metrics` with the given trimap, so the
   '_unknown' ones are over its unknown region) averaged over the photos.
+  `paste_known`: set the matting runs' alpha to the trimap's known values
+  outside its unknown region (`paste_known_regions`), as trimap-based matting
+  is evaluated (closed-form matting keeps them by construction).
   Rows: method, run, trimap, n (photos), deterministic, and the metrics.
   """
   matters = [(label, name, _Matter(workdir)) for label, name, workdir in matting_runs]
@@ -145,6 +165,8 @@ def alphamatting_rows(directory: str, matting_runs: list, trimaps=('trimap1',),
     for name, image, alpha, trimap in load_alphamatting(directory, trimap_dir, max_side):
       prior = prior_from_trimap(trimap, blur_sigma, prior_fill)
       predictions = {(label, run): matter(image, prior) for label, run, matter in matters}
+      if paste_known:
+        predictions = {key: paste_known_regions(pred, trimap) for key, pred in predictions.items()}
       predictions[('closed-form matting (pymatting)', '-')] = baselines.closed_form_alpha(
           image, trimap, cg_maxiter)[..., 0]
       for key, pred in predictions.items():

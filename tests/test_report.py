@@ -74,7 +74,7 @@ def test_report_from_tiny_runs(tiny_runs, tiny_data, tmp_path):
                       '--data_dir', tiny_data[1], '--max_examples', '4', '--cf_config', 'tiny',
                       '--peer_table', str(peer), '--alphamatting', str(alphamatting),
                       '--alphamatting_trimaps', 'trimap1', 'trimap2', '--alphamatting_prior', 'ramp',
-                      '--tta_flip',
+                      '--alphamatting_paste_known', '--tta_flip',
                       '--tta_scales', '1', '1.5',
                       '--out', str(out)])
   text = open(path, encoding='utf-8').read()
@@ -116,6 +116,7 @@ def test_report_from_tiny_runs(tiny_runs, tiny_data, tmp_path):
     assert row['n'] == 2 and all(np.isfinite(row[k]) for k in report.COLUMNS[1:])
   assert 'alphamatting.com (trimap2)' in text
   assert 'unknown d_bg / (d_bg + d_fg)' in text
+  assert "known regions pasted in" in text
   assert 'not tested (a run is missing)' in text  # no noadv run given
   assert 'CPU' in text or 'cores (os.cpu_count)' in text
   for name in ('curves_preseg.png', 'curves_matting.png', 'samples.png'):
@@ -225,6 +226,16 @@ def test_ramp_prior_crosses_the_unknown_band_linearly():
       report_extras.prior_from_trimap(np.maximum(trimap, 0.5), fill='ramp')[:, :11], 0.5)
   with pytest.raises(ValueError, match='fill'):
     report_extras.prior_from_trimap(trimap, fill='linear')
+
+
+def test_paste_known_regions_keeps_alpha_only_in_the_unknown_region():
+  trimap = np.array([[0.0, 0.5, 1.0], [1.0, 0.5, 0.0]], np.float32)
+  alpha = np.array([[0.3, 0.4, 0.6], [0.2, 0.9, 0.7]], np.float32)
+  pasted = report_extras.paste_known_regions(alpha, trimap)
+  np.testing.assert_array_equal(pasted, np.float32([[0.0, 0.4, 1.0], [1.0, 0.9, 0.0]]))
+  assert pasted.dtype == np.float32
+  with pytest.raises(ValueError, match='shape'):
+    report_extras.paste_known_regions(alpha, trimap[:1])
 
 
 def test_report_rejects_a_directory_that_is_not_a_run(tmp_path):
