@@ -23,6 +23,7 @@ from bgmat.inference import image_io
 from bgmat.inference import resolution
 from bgmat import metrics as metrics_lib
 from bgmat import runs as runs_lib
+from bgmat import trimap as trimap_lib
 
 METRICS = metrics_lib.ALL_METRICS
 
@@ -119,7 +120,8 @@ def paste_known_regions(alpha: np.ndarray, trimap: np.ndarray) -> np.ndarray:
   trimap = np.asarray(trimap, np.float32)
   if alpha.shape != trimap.shape:
     raise ValueError(f'alpha {alpha.shape} and trimap {trimap.shape} differ in shape')
-  return np.where(trimap <= 0.0, 0.0, np.where(trimap >= 1.0, 1.0, alpha)).astype(np.float32)
+  # The unknown region the '_unknown' metrics use; outside it the trimap is 0 or 1.
+  return np.where(trimap_lib.unknown_mask(trimap), alpha, trimap).astype(np.float32)
 
 
 class _Matter:
