@@ -89,4 +89,8 @@ def get_config(arg: str = 'demo'):
   elif size == 'tiny':
     config = config_defaults.tiny(config)
     config.ema_decay = 0.5
+  # The colour guided filter as the generator's last layer (generator.py;
+  # no parameters): radius 0 is off.
+  config.model.kwargs.guided_filter_radius = 0
+  config.model.kwargs.guided_filter_eps = 1e-3
   return config

@@ -25,6 +25,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bgmat.models import guided_filter
+
 ModuleDef = Any
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -118,6 +120,14 @@ class MattingGenerator(nn.Module):
       training starts from the pre-segmentation used as alpha and learns to
       refine it (edges, hair) instead of first learning to copy it. Same
       parameters either way.
+    guided_filter_radius: 0 (off), or r > 0: alpha = clip(GF(sigmoid(logits)),
+      0, 1), the colour guided filter of radius r with the input photo as the
+      guide (`guided_filter.py`; He et al. 2013; as a trainable last layer,
+      Wu et al., CVPR 2018): the matte becomes locally affine in the photo's
+      colour, closed-form matting's model, so its edges follow the photo's.
+      No parameters: a checkpoint runs with it on or off.
+    guided_filter_eps: the filter's regularisation (> 0; squared [0, 1]
+      colour units).
   """
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   block: str = 'basic'
@@ -125,6 +135,8 @@ class MattingGenerator(nn.Module):
   decoder_min_width: int = 0
   dtype: Any = jnp.float32
   residual_prior: bool = False
+  guided_filter_radius: int = 0
+  guided_filter_eps: float = 1e-3
 
   @nn.compact
   def __call__(self, image, preseg, train: bool, return_logits: bool = False):
@@ -140,12 +152,18 @@ class MattingGenerator(nn.Module):
 
     Returns:
       (N, H, W, 1) float32 alpha in [0, 1] (or logits).
+    Raises:
+      ValueError: bad shapes or settings; return_logits with the guided
+        filter on (its output is no sigmoid of a logit).
     """
     if self.block not in ('basic', 'bottleneck'):
       raise ValueError(f"block must be 'basic' or 'bottleneck', got "
                        f'{self.block!r}')
     if len(self.stage_sizes) != 4:
       raise ValueError(f'need 4 stage sizes, got {self.stage_sizes}')
+    if return_logits and self.guided_filter_radius:
+      raise ValueError('return_logits needs guided_filter_radius=0: the filtered alpha '
+                       'is not the sigmoid of a logit')
     if image.shape[-1] != 3 or preseg.shape[-1] != 1:
       raise ValueError(f'expected image (N,H,W,3) and preseg (N,H,W,1), got '
                        f'{image.shape} and {preseg.shape}')
@@ -202,7 +220,13 @@ class MattingGenerator(nn.Module):
     if self.residual_prior:
       prior = jnp.clip(preseg.astype(jnp.float32), 1e-4, 1.0 - 1e-4)
       logits = logits + jnp.log(prior) - jnp.log1p(-prior)
-    return logits if return_logits else jax.nn.sigmoid(logits)
+    if return_logits:
+      return logits
+    alpha = jax.nn.sigmoid(logits)
+    if self.guided_filter_radius:
+      alpha = jnp.clip(guided_filter.guided_filter(
+          image, alpha, self.guided_filter_radius, self.guided_filter_eps), 0.0, 1.0)
+    return alpha
 
 
 generator_r18 = functools.partial(MattingGenerator, stage_sizes=(2, 2, 2, 2),
