@@ -4,9 +4,11 @@ The guided filter (`bgmat.models.guided_filter`; He et al., TPAMI 2013) makes
 the output locally affine in the photo's colour, the model closed-form matting
 rests on. Applied here after training, to a run trained without it, over a grid
 of (radius, eps): whether it moves the matte's edges towards the truth (DIM
-Grad) before the layer is trained end to end
-(`--config.model.guided_filter_radius`). Choose the setting on the validation
-split; measure the test split once with it.
+Grad), as an alternative to training the layer in
+(`--config.model.kwargs.guided_filter_radius`). Choose the setting on the
+validation split, measure the test split once with it, and record it in the run
+(`--record RADIUS EPS`: config.json `eval_guided_filter`, which `bgmat remove`,
+the report and export then apply; `runs.inference_model_config`).
 
   python -m bench.matting_guided_filter --workdir runs/study/ab_base_s0 \
       --data_dir runs/study/data --split validation --radii 1 2 4 --eps 1e-4 1e-3 1e-2 \
@@ -14,7 +16,8 @@ split; measure the test split once with it.
 
 Every number is a mean over the split's examples, each scored on its photo
 region at the working size, by `bgmat.evaluate` (the report's numbers for the
-'plain' row). Reads the data set from --data_dir; writes only --out.
+'plain' row). Reads the data set from --data_dir; writes --out and, with
+--record, the run's config.json.
 """
 
 import argparse
@@ -42,6 +45,9 @@ def main(argv=None):
   parser.add_argument('--eps', type=float, nargs='+', default=[1e-4, 1e-3, 1e-2])
   parser.add_argument('--max_examples', type=int, default=0, help='0: the whole split')
   parser.add_argument('--out', required=True, help='markdown table to write')
+  parser.add_argument('--record', nargs=2, metavar=('RADIUS', 'EPS'), default=None,
+                      help="then record this setting as the run's evaluation-time guided "
+                           'filter (config.json eval_guided_filter; radius 0: off)')
   args = parser.parse_args(argv)
 
   config = runs_lib.read_config(args.workdir)
@@ -49,12 +55,13 @@ def main(argv=None):
   if args.max_examples:
     config.max_eval_examples = args.max_examples
   stage = runs_lib.load_stage(args.workdir)
+  module = runs_lib.build_model(config.model)  # As trained: no evaluation-time filter.
   preseg_prob = runs_lib.preseg_prob_fn(runs_lib.resolve_preseg_workdir(config, args.workdir))
   settings = list(itertools.product(args.radii, args.eps))
 
   @jax.jit
   def outputs(images, prob):
-    alpha = stage.module.apply(stage.variables, images, prob, train=False)
+    alpha = module.apply(stage.variables, images, prob, train=False)
     out = {'plain': alpha}
     for i, (radius, eps) in enumerate(settings):
       out[f'gf{i}'] = jnp.clip(
@@ -82,6 +89,9 @@ def main(argv=None):
   with open(args.out, 'w') as f:
     f.write(text)
   print(text)
+  if args.record:
+    runs_lib.set_eval_guided_filter(args.workdir, int(args.record[0]), float(args.record[1]))
+    print(f'{args.workdir}: eval_guided_filter radius {args.record[0]}, eps {args.record[1]}')
 
 
 if __name__ == '__main__':

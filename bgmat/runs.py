@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from bgmat import atomic
 from bgmat import checkpointing
 from bgmat import models
 from bgmat.inference import resolution
@@ -34,6 +35,39 @@ def build_model(model_config, dtype: str | None = None):
   if dtype is not None and jnp.dtype(dtype) != jnp.float32:
     kwargs['dtype'] = jnp.dtype(dtype)
   return models.get_model(model_config.name, **kwargs)
+
+
+def inference_model_config(config) -> ml_collections.ConfigDict:
+  """`config.model` as a run is evaluated and used: for a matting run with
+  `config.eval_guided_filter.radius` > 0, the generator's guided-filter layer
+  (`models/guided_filter.py`) set to that radius and eps, whether or not it was
+  on in training (the layer has no parameters). Other runs: `config.model`."""
+  model = ml_collections.ConfigDict(config.model.to_dict())
+  guided = config.get('eval_guided_filter') if config.get('stage') == 'matting' else None
+  if guided and guided.get('radius', 0) > 0:
+    kwargs = dict(model.get('kwargs', {}))
+    kwargs.update(guided_filter_radius=int(guided.radius), guided_filter_eps=float(guided.eps))
+    model.kwargs = kwargs
+  return model
+
+
+def set_eval_guided_filter(workdir: str, radius: int, eps: float) -> None:
+  """Records the evaluation-time guided filter in a matting run's config.json
+  (atomically): every later `load_stage` of the run (report, remove, export,
+  serve) applies it. radius 0 turns it off.
+
+  Raises:
+    FileNotFoundError: not a run directory. ValueError: not a matting run,
+      radius < 0 or eps <= 0.
+  """
+  config = read_config(workdir)
+  if config.stage != 'matting':
+    raise ValueError(f'{workdir} is a {config.stage!r} run, not a matting run')
+  if radius < 0 or not eps > 0:
+    raise ValueError(f'need radius >= 0 and eps > 0, got {radius} and {eps}')
+  data = config.to_dict()
+  data['eval_guided_filter'] = {'radius': int(radius), 'eps': float(eps)}
+  atomic.write_json(os.path.join(workdir, 'config.json'), data, indent=1)
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -84,7 +118,8 @@ def load_stage(workdir: str) -> Stage:
   """
   config = read_config(workdir)
   state = checkpointing.restore_state_only(workdir)
-  return Stage(workdir, config, build_model(config.model), eval_variables(state, config))
+  return Stage(workdir, config, build_model(inference_model_config(config)),
+               eval_variables(state, config))
 
 
 def load_preseg(workdir: str) -> Stage:

@@ -233,6 +233,9 @@ class MattingStage(Stage):
       self.disc = runs.build_model(config.disc, dtype=config.dtype)
       self.disc_tx = make_optimizer(config.disc_opt, config.num_train_steps)
     self.preseg_model = None  # set by load_frozen
+    # The generator as evaluated (runs.inference_model_config: the
+    # evaluation-time guided filter, if any); same parameters as self.model.
+    self.eval_model = runs.build_model(runs.inference_model_config(config), dtype=config.dtype)
 
   def init(self, rng) -> TrainState:
     image, alpha = self._dummy_inputs()
@@ -363,7 +366,7 @@ class MattingStage(Stage):
 
   def predict(self, variables, frozen, batch):
     prior = runs.preseg_probability(self.preseg_model, frozen, batch['image'])
-    alpha = self.model.apply(variables, batch['image'], prior, train=False)
+    alpha = self.eval_model.apply(variables, batch['image'], prior, train=False)
     # The pre-segmentation used directly as alpha: the automatic baseline.
     return {'alpha': alpha, 'preseg': prior}
 

@@ -93,4 +93,9 @@ def get_config(arg: str = 'demo'):
   # no parameters): radius 0 is off.
   config.model.kwargs.guided_filter_radius = 0
   config.model.kwargs.guided_filter_eps = 1e-3
+  # The same filter applied at evaluation and inference only (runs.
+  # inference_model_config), to a generator trained with or without it; radius
+  # 0 is off. `python -m bench.matting_guided_filter` measures settings on a
+  # trained run's validation split and records one (--record).
+  config.eval_guided_filter = dict(radius=0, eps=1e-4)
   return config
