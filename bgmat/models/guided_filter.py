@@ -13,7 +13,6 @@ reference MATLAB code's boxfilter(ones) normalisation).
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 
 def box_mean(x: jax.Array, radius: int) -> jax.Array:
@@ -33,22 +32,16 @@ def box_mean(x: jax.Array, radius: int) -> jax.Array:
     return x
   height, width = x.shape[1:3]
   size = 2 * radius + 1
+  pad = ((0, 0), (radius, radius), (0, 0), (0, 0))
   # Separable: a (2r+1)-tap sum down the rows, then along the columns.
-  total = jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, size, 1, 1), (1, 1, 1, 1),
-                                ((0, 0), (radius, radius), (0, 0), (0, 0)))
-  total = jax.lax.reduce_window(total, 0.0, jax.lax.add, (1, 1, size, 1), (1, 1, 1, 1),
-                                ((0, 0), (0, 0), (radius, radius), (0, 0)))
-  # Pixels inside each clipped window, from numpy (XLA would constant-fold it slowly).
-  count = np.outer(_inside(height, radius), _inside(width, radius))
-  return total / jnp.asarray(count[None, :, :, None], x.dtype)
-
-
-def _inside(length: int, radius: int) -> np.ndarray:
-  """Per position along an axis of `length`, how many of its window's 2r+1 taps
-  fall inside the axis."""
-  index = np.arange(length)
-  return (np.minimum(index + radius, length - 1) - np.maximum(index - radius, 0) + 1).astype(
-      np.float32)
+  rows = lambda v: jax.lax.reduce_window(v, 0.0, jax.lax.add, (1, size, 1, 1), (1, 1, 1, 1), pad)
+  cols = lambda v: jax.lax.reduce_window(v, 0.0, jax.lax.add, (1, 1, size, 1), (1, 1, 1, 1),
+                                         (pad[0], pad[2], pad[1], pad[3]))
+  # Pixels inside each clipped window, from 1-D counts (a 2-D count XLA would
+  # constant-fold slowly; H and W may be symbolic under jax.export).
+  count = (rows(jnp.ones((1, height, 1, 1), x.dtype))
+           * cols(jnp.ones((1, 1, width, 1), x.dtype)))
+  return cols(rows(x)) / count
 
 
 def guided_filter(guide: jax.Array, src: jax.Array, radius: int, eps: float) -> jax.Array:

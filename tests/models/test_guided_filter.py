@@ -120,3 +120,17 @@ def test_generator_guided_filter_layer_has_no_parameters_and_filters_the_alpha()
   assert got.min() >= 0.0 and got.max() <= 1.0
   with pytest.raises(ValueError, match='return_logits'):
     filtered.apply(variables, image, preseg, train=False, return_logits=True)
+
+
+def test_guided_filter_exports_with_symbolic_sides():
+  # `bgmat export` serialises the generator with symbolic batch, height and width.
+  from jax import export  # pylint: disable=g-import-not-at-top
+  batch, height, width = export.symbolic_shape('b, h, w')
+  exported = export.export(jax.jit(lambda g, s: gf_lib.guided_filter(g, s, 2, 1e-2)))(
+      jax.ShapeDtypeStruct((batch, height, width, 3), jnp.float32),
+      jax.ShapeDtypeStruct((batch, height, width, 1), jnp.float32))
+  rng = np.random.default_rng(5)
+  guide = rng.random((2, 9, 13, 3), np.float32)
+  src = rng.random((2, 9, 13, 1), np.float32)
+  np.testing.assert_allclose(exported.call(guide, src), gf_lib.guided_filter(guide, src, 2, 1e-2),
+                             atol=1e-6)
