@@ -73,7 +73,8 @@ def main(argv=None):
     return jax.tree.map(lambda x: jax.device_get(x), outputs(images, preseg_prob(images)))
 
   results, _ = eval_lib.evaluate_split(config, args.split, predict, which=METRICS)
-  columns = [m for m in METRICS] + [f'{m}_unknown' for m in METRICS]
+  # DIM metrics whole photo and unknown band, then IoU / boundary F of alpha >= 0.5.
+  columns = list(METRICS) + [f'{m}_unknown' for m in METRICS] + ['iou', 'boundary_f']
   lines = [f'`python -m bench.matting_guided_filter --workdir {args.workdir} --split '
            f'{args.split}`', '',
            f'{platform.machine()}, {os.cpu_count()} CPU cores, jax {jax.__version__} '
