@@ -70,7 +70,7 @@ def main(argv=None):
 
   def predict(batch):
     images = jnp.asarray(batch['image'])
-    return jax.tree.map(lambda x: jax.device_get(x), outputs(images, preseg_prob(images)))
+    return jax.device_get(outputs(images, preseg_prob(images)))
 
   results, _ = eval_lib.evaluate_split(config, args.split, predict, which=METRICS)
   # DIM metrics whole photo and unknown band, then IoU / boundary F of alpha >= 0.5.
