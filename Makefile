@@ -51,9 +51,12 @@ STUDY ?= runs/study
 SEEDS ?= 0 1
 # Optional: the python of a venv with bench/requirements-mediapipe.txt (the peer).
 MEDIAPIPE_PYTHON ?=
+# Optional: more bgmat.study arguments, e.g. a recipe's config overrides
+# (STUDY_ARGS='--matting_override num_train_steps=2400 loss.grad_unknown=1.0').
+STUDY_ARGS ?=
 study: install
 	$(PY) -m bgmat.study --data $(DATA) --study $(STUDY) --seeds $(SEEDS) \
-	    $(if $(MEDIAPIPE_PYTHON),--mediapipe_python $(MEDIAPIPE_PYTHON))
+	    $(if $(MEDIAPIPE_PYTHON),--mediapipe_python $(MEDIAPIPE_PYTHON)) $(STUDY_ARGS)
 
 clean:
 	rm -rf demo_out .pytest_cache

@@ -1,7 +1,9 @@
 r"""The real-portrait study, from a data folder to the report (`make study`).
 
   python -m bgmat.study --data ../shared/data --study runs/study [--seeds 0 1] \
-      [--stages data,preseg,matting,report] [--mediapipe_python /path/to/venv/bin/python]
+      [--stages data,preseg,matting,report] [--mediapipe_python /path/to/venv/bin/python] \
+      [--preseg_override KEY=VALUE ...] [--matting_override KEY=VALUE ...] \
+      [--tta_flip] [--tta_scales 1 1.25 1.5 1.75]
 
 Steps (each skipped when its output exists, so an interrupted study resumes;
 an interrupted training run resumes from its last checkpoint):
@@ -18,6 +20,14 @@ an interrupted training run resumes from its last checkpoint):
      loss, one run per seed, all on the same frozen stage 1 (improved, first
      seed), so that the matting comparisons change one thing.
   4. report: `python -m bgmat.report` over all runs -> STUDY/report.
+
+A recipe other than the `study` configs' (e.g. the longer one of README "The
+study": `--preseg_override num_train_steps=3000 --matting_override
+num_train_steps=2400 loss.grad_unknown=1.0 --tta_flip --tta_scales 1 1.25 1.5
+1.75`) is given as config overrides, passed to every run of that stage as
+`--config.KEY=VALUE` (each run's config.json records them); `--tta_*` add the
+report's rows of stage 1 with test-time augmentation. Give each recipe its own
+--study folder: a finished run is never retrained, whatever the overrides.
 
 DATA must hold `portraits/{image,mask}`, `backgrounds/` and, for the report's
 true-alpha check, `alphamatting/` (see each folder's README). Nothing here is
@@ -75,6 +85,7 @@ def train_runs(args, data_dir: str, stage: str) -> list[str]:
                  f'--config.seed={seed}']
       if stage == 'matting':
         command.append(f'--config.preseg_workdir=preseg_improved_s{args.seeds[0]}')
+      command += [f'--config.{override}' for override in getattr(args, f'{stage}_override')]
       os.makedirs(args.study, exist_ok=True)
       _run(command, workdir + '.log')
   return workdirs
@@ -111,7 +122,22 @@ def main(argv=None) -> None:
                       help='another matting run (e.g. the demo model) for the cut-outs')
   parser.add_argument('--mediapipe_python', default='',
                       help='python of a venv with mediapipe==0.10.21 (bench/peer_mediapipe.py)')
+  parser.add_argument('--preseg_override', nargs='+', default=[], metavar='KEY=VALUE',
+                      help='config overrides of every stage-1 run, e.g. num_train_steps=3000')
+  parser.add_argument('--matting_override', nargs='+', default=[], metavar='KEY=VALUE',
+                      help='config overrides of every matting run, e.g. loss.grad_unknown=1.0')
+  parser.add_argument('--tta_flip', action='store_true',
+                      help="the report's stage-1 rows again with test-time flipping")
+  parser.add_argument('--tta_scales', type=float, nargs='+', default=[1.0],
+                      help="... and over these input scales (bgmat.report's --tta_scales)")
   args = parser.parse_args(argv)
+  for override in args.preseg_override + args.matting_override:
+    key, sep, _ = override.partition('=')
+    if not sep or not key or not all(part.isidentifier() for part in key.split('.')):
+      parser.error(f'override {override!r}: expected KEY=VALUE, KEY a config field such as '
+                   'num_train_steps or loss.grad_unknown')
+  if any(not s > 0 for s in args.tta_scales):
+    parser.error(f'--tta_scales {args.tta_scales}: every scale must be > 0')
   args.stages = set(args.stages.split(','))
   unknown = args.stages - set(STAGES)
   if unknown:
@@ -135,6 +161,10 @@ def main(argv=None) -> None:
                '--cutouts', '--out', os.path.join(args.study, 'report')]
     if args.compare_workdir:
       command += ['--compare_workdir', args.compare_workdir]
+    if args.tta_flip:
+      command.append('--tta_flip')
+    if tuple(args.tta_scales) != (1.0,):
+      command += ['--tta_scales', *(f'{s:g}' for s in args.tta_scales)]
     peers = [os.path.join(args.study, 'peer', 'mediapipe_validation.json')]
     peers = [p for p in peers if os.path.exists(p)]
     if peers:

@@ -1,0 +1,83 @@
+"""`bgmat.study`: the commands it runs (captured, nothing trained or built)."""
+
+import json
+import os
+import re
+
+import pytest
+
+from bgmat import study
+
+
+@pytest.fixture
+def data(tmp_path):
+  for folder in ('portraits/image', 'portraits/mask', 'backgrounds'):
+    os.makedirs(tmp_path / 'data' / folder)
+  return str(tmp_path / 'data')
+
+
+@pytest.fixture
+def commands(monkeypatch):
+  ran = []
+  monkeypatch.setattr(study, '_run', lambda command, log_path=None: ran.append(command))
+  return ran
+
+
+def _train_commands(ran, stage):
+  return [c for c in ran if 'bgmat.main' in c and any(f'configs/{stage}.py' in a for a in c)]
+
+
+def test_overrides_reach_every_run_of_their_stage_only(tmp_path, data, commands):
+  study.main(['--data', data, '--study', str(tmp_path / 'study'), '--seeds', '0', '1',
+              '--stages', 'preseg,matting', '--preseg_override', 'num_train_steps=3000',
+              '--matting_override', 'num_train_steps=2400', 'loss.grad_unknown=1.0'])
+  preseg, matting = _train_commands(commands, 'preseg'), _train_commands(commands, 'matting')
+  assert len(preseg) == 4 and len(matting) == 4  # 2 variants x 2 seeds each.
+  for command in preseg:
+    assert '--config.num_train_steps=3000' in command
+    assert not any('grad_unknown' in a or '=2400' in a for a in command)
+  for command in matting:
+    assert command[-2:] == ['--config.num_train_steps=2400', '--config.loss.grad_unknown=1.0']
+    assert '--config.preseg_workdir=preseg_improved_s0' in command
+  # Nothing built, nothing reported: only the asked-for stages ran.
+  assert len(commands) == 8
+
+
+def test_finished_runs_are_skipped_and_report_gets_tta(tmp_path, data, commands):
+  root = tmp_path / 'study'
+  os.makedirs(root / 'preseg_improved_s0' / 'eval')
+  (root / 'preseg_improved_s0' / 'eval' / 'test_metrics.json').write_text(json.dumps({}))
+  study.main(['--data', data, '--study', str(root), '--seeds', '0',
+              '--stages', 'preseg,report', '--tta_flip', '--tta_scales', '1', '1.25'])
+  preseg = _train_commands(commands, 'preseg')
+  assert [c[c.index('--workdir') + 1] for c in preseg] == [str(root / 'preseg_original_s0')]
+  report = [c for c in commands if 'bgmat.report' in c]
+  assert len(report) == 1
+  (command,) = report
+  assert '--tta_flip' in command
+  at = command.index('--tta_scales')
+  assert command[at + 1:at + 3] == ['1', '1.25']
+  # Only the finished run is reported.
+  workdirs = command[command.index('--workdirs') + 1:command.index('--data_dir')]
+  assert workdirs == [str(root / 'preseg_improved_s0')]
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--matting_override', 'num_train_steps'], 'expected KEY=VALUE'),
+    (['--preseg_override', '=3'], 'expected KEY=VALUE'),
+    (['--preseg_override', 'opt lr=3'], 'expected KEY=VALUE'),
+    (['--tta_scales', '0'], 'every scale must be > 0'),
+    (['--stages', 'preseg,trian'], "unknown stages \\['trian'\\]"),
+])
+def test_bad_arguments_are_refused_before_anything_runs(data, commands, capsys, argv, message):
+  with pytest.raises(SystemExit):
+    study.main(['--data', data, *argv])
+  assert commands == []
+  assert re.search('error: .*' + message, capsys.readouterr().err)
+
+
+def test_missing_data_folder_is_named(tmp_path, commands, capsys):
+  with pytest.raises(SystemExit):
+    study.main(['--data', str(tmp_path / 'nowhere')])
+  assert 'portraits/image: no such folder' in capsys.readouterr().err
+  assert commands == []
