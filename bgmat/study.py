@@ -39,6 +39,8 @@ import os
 import subprocess
 import sys
 
+from bgmat.inference import resolution
+
 STAGES = ('data', 'preseg', 'matting', 'peer', 'report')
 
 
@@ -136,8 +138,10 @@ def main(argv=None) -> None:
     if not sep or not key or not all(part.isidentifier() for part in key.split('.')):
       parser.error(f'override {override!r}: expected KEY=VALUE, KEY a config field such as '
                    'num_train_steps or loss.grad_unknown')
-  if any(not s > 0 for s in args.tta_scales):
-    parser.error(f'--tta_scales {args.tta_scales}: every scale must be > 0')
+  try:
+    resolution.check_scales(args.tta_scales, '--tta_scales')
+  except ValueError as e:
+    parser.error(str(e))
   args.stages = set(args.stages.split(','))
   unknown = args.stages - set(STAGES)
   if unknown:

@@ -66,7 +66,7 @@ def test_finished_runs_are_skipped_and_report_gets_tta(tmp_path, data, commands)
     (['--matting_override', 'num_train_steps'], 'expected KEY=VALUE'),
     (['--preseg_override', '=3'], 'expected KEY=VALUE'),
     (['--preseg_override', 'opt lr=3'], 'expected KEY=VALUE'),
-    (['--tta_scales', '0'], 'every scale must be > 0'),
+    (['--tta_scales', '0'], 'tta_scales must be a non-empty list of numbers > 0'),
     (['--stages', 'preseg,trian'], "unknown stages \\['trian'\\]"),
 ])
 def test_bad_arguments_are_refused_before_anything_runs(data, commands, capsys, argv, message):
