@@ -27,7 +27,9 @@ num_train_steps=2400 loss.grad_unknown=1.0 --tta_flip --tta_scales 1 1.25 1.5
 1.75`) is given as config overrides, passed to every run of that stage as
 `--config.KEY=VALUE` (each run's config.json records them); `--tta_*` add the
 report's rows of stage 1 with test-time augmentation. Give each recipe its own
---study folder: a finished run is never retrained, whatever the overrides.
+--study folder: a run already there (finished, or to be resumed) is checked
+against the overrides before anything runs, and the study stops, naming the
+run and the keys, when its config.json records other values.
 
 DATA must hold `portraits/{image,mask}`, `backgrounds/` and, for the report's
 true-alpha check, `alphamatting/` (see each folder's README). Nothing here is
@@ -35,6 +37,8 @@ meant to be committed: STUDY is git-ignored.
 """
 
 import argparse
+import ast
+import json
 import os
 import subprocess
 import sys
@@ -57,6 +61,75 @@ def _finished(workdir: str) -> bool:
   return os.path.exists(os.path.join(workdir, 'eval', 'test_metrics.json'))
 
 
+def _same_value(recorded, text: str) -> bool:
+  """Whether `text` (a --config.KEY=VALUE value) is the value config.json recorded."""
+  if isinstance(recorded, bool):
+    return text.strip().lower() in (('true', '1') if recorded else ('false', '0'))
+  if isinstance(recorded, (int, float)):
+    try:
+      return float(text) == float(recorded)
+    except ValueError:
+      return False
+  if isinstance(recorded, (list, tuple)):
+    try:
+      parsed = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      return False
+    parsed = list(parsed) if isinstance(parsed, (list, tuple)) else [parsed]
+    return len(parsed) == len(recorded) and all(
+        _same_value(r, str(p)) for r, p in zip(recorded, parsed))
+  if recorded is None:
+    return text.strip() in ('None', '')
+  return str(recorded) == text
+
+
+def recipe_mismatches(workdir: str, overrides: list[str]) -> list[str]:
+  """The overrides that an existing run was not trained with.
+
+  Args:
+    workdir: a run folder; nothing is checked when it has no config.json (a
+      run not started yet).
+    overrides: KEY=VALUE strings (KEY dotted, e.g. loss.grad_unknown).
+  Returns:
+    one line per override whose KEY config.json lacks or records with another
+    value ("KEY: recorded R, asked V"); empty when the run matches.
+  Raises:
+    ValueError: config.json is not valid JSON (naming the file).
+  """
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding='utf-8') as f:
+    try:
+      config = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f'{path}: not valid JSON ({e})') from e
+  mismatches = []
+  for override in overrides:
+    key, _, text = override.partition('=')
+    value = config
+    for part in key.split('.'):
+      if not isinstance(value, dict) or part not in value:
+        mismatches.append(f'{key}: not recorded, asked {text}')
+        break
+      value = value[part]
+    else:
+      if not _same_value(value, text):
+        mismatches.append(f'{key}: recorded {value!r}, asked {text}')
+  return mismatches
+
+
+def _variants(stage: str) -> dict[str, str]:
+  """Variant name -> config argument (`configs/STAGE.py:ARG`)."""
+  if stage == 'preseg':
+    return {'improved': 'study', 'original': 'study,original'}
+  return {'adv': 'study', 'noadv': 'study,noadv'}
+
+
+def _workdir(args, stage: str, name: str, seed: int) -> str:
+  return os.path.join(args.study, f'{stage}_{name}_s{seed}')
+
+
 def build_data(args, data_dir: str) -> None:
   py = sys.executable
   portraits = os.path.join(args.data, 'portraits')
@@ -73,12 +146,10 @@ def build_data(args, data_dir: str) -> None:
 
 def train_runs(args, data_dir: str, stage: str) -> list[str]:
   """Trains (or resumes) every run of `stage`; returns their workdirs."""
-  variants = ({'improved': 'study', 'original': 'study,original'} if stage == 'preseg' else
-              {'adv': 'study', 'noadv': 'study,noadv'})
   workdirs = []
   for seed in args.seeds:
-    for name, arg in variants.items():
-      workdir = os.path.join(args.study, f'{stage}_{name}_s{seed}')
+    for name, arg in _variants(stage).items():
+      workdir = _workdir(args, stage, name, seed)
       workdirs.append(workdir)
       if _finished(workdir) or stage not in args.stages:
         continue
@@ -150,6 +221,20 @@ def main(argv=None) -> None:
     if not os.path.isdir(os.path.join(args.data, folder)):
       parser.error(f'{os.path.join(args.data, folder)}: no such folder (--data must hold '
                    'portraits/image, portraits/mask and backgrounds/)')
+  # Runs already there must be of the recipe asked for: refuse before anything runs.
+  problems = []
+  for stage in ('preseg', 'matting'):
+    for seed in args.seeds:
+      for name in _variants(stage):
+        workdir = _workdir(args, stage, name, seed)
+        try:
+          mismatches = recipe_mismatches(workdir, getattr(args, f'{stage}_override'))
+        except ValueError as e:
+          mismatches = [str(e)]
+        problems += [f'{workdir}: {m}' for m in mismatches]
+  if problems:
+    parser.error('runs already in --study were trained with another recipe (give this one '
+                 'its own --study folder):\n  ' + '\n  '.join(problems))
   data_dir = os.path.abspath(os.path.join(args.study, 'data'))
   if 'data' in args.stages:
     build_data(args, data_dir)

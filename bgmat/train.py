@@ -11,6 +11,7 @@ from absl import logging
 import jax
 import ml_collections
 
+from bgmat import atomic
 from bgmat import checkpointing
 from bgmat import evaluate as eval_lib
 from bgmat import faults
@@ -47,8 +48,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
   if is_main:
-    with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
-      f.write(config.to_json_best_effort(indent=1))
+    atomic.write_text(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=1))
   writer = writers.create_writer(workdir, is_main=is_main)
 
   # Mesh.

@@ -81,3 +81,51 @@ def test_missing_data_folder_is_named(tmp_path, commands, capsys):
     study.main(['--data', str(tmp_path / 'nowhere')])
   assert 'portraits/image: no such folder' in capsys.readouterr().err
   assert commands == []
+
+
+def _record(root, run, config):
+  os.makedirs(root / run, exist_ok=True)
+  (root / run / 'config.json').write_text(json.dumps(config))
+
+
+def test_a_run_of_another_recipe_is_refused_before_anything_runs(tmp_path, data, commands,
+                                                                   capsys):
+  root = tmp_path / 'study'
+  _record(root, 'matting_adv_s0', {'num_train_steps': 1200, 'loss': {'grad_unknown': 1.0}})
+  with pytest.raises(SystemExit):
+    study.main(['--data', data, '--study', str(root), '--seeds', '0', '--stages', 'matting',
+                '--matting_override', 'num_train_steps=2400', 'loss.grad_unknown=1.0'])
+  err = capsys.readouterr().err
+  assert 'matting_adv_s0: num_train_steps: recorded 1200, asked 2400' in err
+  assert 'grad_unknown' not in err  # 1.0 == 1.0: only the differing key is named.
+  assert commands == []
+
+
+def test_a_run_of_the_same_recipe_resumes(tmp_path, data, commands):
+  root = tmp_path / 'study'
+  _record(root, 'matting_adv_s0', {'num_train_steps': 2400, 'loss': {'grad_unknown': 1.0},
+                                   'prior_scales': [0.5, 1.0], 'adversarial': True})
+  study.main(['--data', data, '--study', str(root), '--seeds', '0', '--stages', 'matting',
+              '--matting_override', 'num_train_steps=2400', 'loss.grad_unknown=1',
+              'prior_scales=(0.5, 1)', 'adversarial=True'])
+  assert len(_train_commands(commands, 'matting')) == 2
+
+
+@pytest.mark.parametrize('recorded, text, same', [
+    (1200, '1200', True), (1.0, '1', True), (1e-4, '0.0001', True), (1200, '2400', False),
+    (True, 'true', True), (True, 'False', False), (False, '0', True),
+    ([0.5, 1.0], '(0.5, 1.0)', True), ([0.5, 1.0], '(0.5,)', False), ('adamw', 'adamw', True),
+    ('adamw', 'sgd', False), (None, 'None', True), (3, 'three', False),
+])
+def test_recorded_values_compare_as_the_config_parses_them(recorded, text, same):
+  assert study._same_value(recorded, text) is same
+
+
+def test_missing_key_and_bad_config_json_are_named(tmp_path):
+  _record(tmp_path, 'run', {'num_train_steps': 10})
+  assert study.recipe_mismatches(str(tmp_path / 'run'), ['loss.grad_unknown=1']) == [
+      'loss.grad_unknown: not recorded, asked 1']
+  assert study.recipe_mismatches(str(tmp_path / 'absent'), ['num_train_steps=3']) == []
+  (tmp_path / 'run' / 'config.json').write_text('{not json')
+  with pytest.raises(ValueError, match='config.json: not valid JSON'):
+    study.recipe_mismatches(str(tmp_path / 'run'), ['num_train_steps=3'])
