@@ -254,25 +254,28 @@ def main(argv=None):
   parser.add_argument('--skip_peer', action='store_true')
   parser.add_argument('--stage', default='preseg', choices=['preseg', 'matting'],
                       help='matting: the GAN step (generator + PatchGAN); no peer')
-  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+  parser.add_argument('--out', default='', help='also write the tables (markdown) here')
+  argv = sys.argv[1:] if argv is None else argv
+  args = parser.parse_args(argv)
   import torch  # pylint: disable=g-import-not-at-top
-  print(f'jax {jax.__version__} ({jax.devices()[0].device_kind}), torch {torch.__version__} '
-        f'({torch.get_num_threads()} threads), {os.cpu_count()} CPU cores; preset '
-        f'{args.preset}, {"smp head" if args.stage == "preseg" else "GAN matting step"}, '
-        f'{args.size} px, batch {args.batch}', flush=True)
+  lines = [f'jax {jax.__version__} ({jax.devices()[0].device_kind}), torch {torch.__version__} '
+           f'({torch.get_num_threads()} threads), {os.cpu_count()} CPU cores; preset '
+           f'{args.preset}, {"smp head" if args.stage == "preseg" else "GAN matting step"}, '
+           f'{args.size} px, batch {args.batch}']
+  print(lines[0], flush=True)
   ours = profile_jax(args.preset, args.size, args.batch, args.steps, args.stage)
-  print(f'\nbgmat JAX: compile {ours["compile_s"]:.1f} s, {ours["thunks"]} HLO instructions, '
-        f'{ours["unknown"]} thunk events not found in the HLO\n')
-  print('\n'.join(table(ours['by_cat'], ours['wall'], 'bgmat JAX category')))
-  print()
-  print('\n'.join(table(ours['by_op'], ours['wall'], 'bgmat JAX thunk (name prefix)', 15)))
+  lines += ['', f'bgmat JAX: compile {ours["compile_s"]:.1f} s, {ours["thunks"]} HLO '
+            f'instructions, {ours["unknown"]} thunk events not found in the HLO', '']
+  lines += table(ours['by_cat'], ours['wall'], 'bgmat JAX category') + ['']
+  lines += table(ours['by_op'], ours['wall'], 'bgmat JAX thunk (name prefix)', 15)
   if not args.skip_peer and args.stage == 'preseg':
     peer = profile_torch(args.preset, args.size, args.batch, args.peer_steps or args.steps)
-    print(f'\nPyTorch smp eager (NCHW), {peer["threads"]} threads\n')
-    print('\n'.join(table(peer['by_cat'], peer['wall'], 'PyTorch category')))
-    print()
-    print('\n'.join(table(peer['by_op'], peer['wall'], 'PyTorch op (self CPU)', 12)))
-
+    lines += ['', f'PyTorch smp eager (NCHW), {peer["threads"]} threads', '']
+    lines += table(peer['by_cat'], peer['wall'], 'PyTorch category') + ['']
+    lines += table(peer['by_op'], peer['wall'], 'PyTorch op (self CPU)', 12)
+  print('\n'.join(lines[1:]))
+  if args.out:
+    train_step.write_table(args.out, 'bench.profile_step', argv, lines)
 
 if __name__ == '__main__':
   main()
