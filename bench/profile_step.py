@@ -277,5 +277,6 @@ def main(argv=None):
   if args.out:
     train_step.write_table(args.out, 'bench.profile_step', argv, lines)
 
+
 if __name__ == '__main__':
   main()
