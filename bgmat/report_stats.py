@@ -131,9 +131,14 @@ def read_peer_table(path: str) -> list[dict]:
   Two formats:
     * JSON (`.json`): one object or a list of objects with keys method (str),
       split (str), n (int, photos), iou and boundary_f (floats in [0, 1]).
-    * Markdown: the first table whose header has columns named `method`,
-      `IoU` and `boundary F` (case and spaces ignored; `n` and `split`
-      optional); one row per method. Other tables and text are skipped.
+    * Markdown: the first table whose header has columns named `IoU` and
+      `boundary F` (case and spaces ignored); one row per method, named by
+      its `method` column or, without one, by its first column (header and
+      cell: `bench/peer_mediapipe.py`'s `model_selection` tables). `n` and
+      `split` columns are optional; without a `split` column, a line before
+      the table ending in `split NAME` (the peer script's title) gives it.
+      A cell may carry a bracketed spread after its value, `0.9666 (0.036)`.
+      Other tables and text are skipped.
   Returns dicts with PEER_KEYS (split '' / n None when absent).
 
   Raises:
@@ -180,11 +185,15 @@ def _parse_markdown_peer(path: str, text: str) -> list[dict]:
   wanted = {'method': 'method', 'iou': 'iou', 'boundaryf': 'boundary_f', 'n': 'n',
             'split': 'split'}
   lines = [l.strip() for l in text.splitlines()]
+  split = ''
   for i, line in enumerate(lines):
     if not line.startswith('|'):
+      title = re.search(r'\bsplit\s+([A-Za-z0-9_.\[\]:%-]+)\s*$', line)
+      split = title.group(1) if title else split
       continue
-    header = [_norm(c) for c in line.strip('|').split('|')]
-    if not {'method', 'iou', 'boundaryf'} <= set(header):
+    names = [c.strip() for c in line.strip('|').split('|')]
+    header = [_norm(c) for c in names]
+    if not {'iou', 'boundaryf'} <= set(header):
       continue
     columns = {wanted[h]: j for j, h in enumerate(header) if h in wanted}
     rows = []
@@ -196,11 +205,21 @@ def _parse_markdown_peer(path: str, text: str) -> list[dict]:
         continue  # The |---| separator.
       if len(cells) < len(header):
         raise ValueError(f'{path}: row {body!r} has {len(cells)} cells, header {len(header)}')
-      rows.append(_peer_row(path, {k: cells[j] for k, j in columns.items()}))
+      item = {k: _strip_spread(cells[j]) if k in ('iou', 'boundary_f', 'n') else cells[j]
+              for k, j in columns.items()}
+      if 'method' not in columns:
+        item['method'] = f'{names[0]} {cells[0]}'.strip()
+      item.setdefault('split', split)
+      rows.append(_peer_row(path, item))
     if rows:
       return rows
-  raise ValueError(f'{path}: no markdown table with columns method | IoU | boundary F '
+  raise ValueError(f'{path}: no markdown table with columns IoU | boundary F '
                    '(or give a .json file, see bgmat/report_stats.py)')
+
+
+def _strip_spread(cell: str) -> str:
+  """'0.9666 (0.036)' -> '0.9666': a value with its spread in brackets."""
+  return re.sub(r'\s*\([^()]*\)\s*$', '', cell)
 
 
 # ---------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import types
 
 import numpy as np
 from PIL import Image
@@ -193,6 +194,33 @@ def test_peer_tables_json_and_markdown(tmp_path):
     report_stats.read_peer_table(str(data))
   table.write_text('| a | b |\n|---|---|\n| 1 | 2 |\n')
   with pytest.raises(ValueError, match='no markdown table'):
+    report_stats.read_peer_table(str(table))
+
+
+def test_peer_table_as_the_mediapipe_script_writes_it(tmp_path):
+  # The peer script's own markdown (no `method` column: `model_selection`;
+  # values with their std in brackets; the split in its title) is readable.
+  from bench import peer_mediapipe
+  args = types.SimpleNamespace(dataset='matting_sets/portraits_seg', split='validation',
+                               image_size=256, trimap_radius=6)
+  info = dict(mediapipe='0.10.21', python='3.11', machine='box', loadavg='0 0 0')
+  row = dict(model=0, n=141, ms=170.0, iou=0.9666, iou_std=0.036, boundary_f=0.8172,
+             boundary_f_std=0.147, sad=1.2, sad_std=1.3, mse=0.016, mse_std=0.02)
+  table = tmp_path / 'peer_mediapipe_validation.md'
+  table.write_text(peer_mediapipe._table([row, dict(row, model=1, iou=0.5)], args, info))
+  rows = report_stats.read_peer_table(str(table))
+  assert rows == [
+      dict(method='model_selection 0 general (256x256)', split='validation', n=141,
+           iou=0.9666, boundary_f=0.8172),
+      dict(method='model_selection 1 landscape (144x256)', split='validation', n=141,
+           iou=0.5, boundary_f=0.8172)]
+  # A `split` column wins over the title; a bracketed spread in a method name stays.
+  table.write_text('# peer, split test\n\n| method | split | IoU | boundary F |\n|---|---|---|---|\n'
+                   '| seg (v2) | validation | 0.9 (0.01) | 0.5 |\n')
+  assert report_stats.read_peer_table(str(table)) == [
+      dict(method='seg (v2)', split='validation', n=None, iou=0.9, boundary_f=0.5)]
+  table.write_text('| method | IoU | boundary F |\n|---|---|---|\n| seg | 0.9 (x | 0.5 |\n')
+  with pytest.raises(ValueError, match='not a number'):
     report_stats.read_peer_table(str(table))
 
 
