@@ -4,7 +4,35 @@ Configs stay one file per experiment; this only holds the fields every stage
 has, so that a new experiment states just what it changes.
 """
 
+import json
+import os
+
 import ml_collections
+
+
+def read_run_config(workdir: str) -> dict:
+  """A run's `config.json` as plain dicts (no jax: the study's driver reads it).
+
+  Args:
+    workdir: a run folder (`python -m bgmat.main --workdir`, `bgmat.baselines`).
+  Returns:
+    the config as `bgmat.main` / `bgmat.baselines` recorded it (JSON object).
+  Raises:
+    FileNotFoundError: `workdir` has no config.json (not a run directory).
+    ValueError: config.json is not a JSON object (naming the file and the error).
+  """
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{workdir}: no config.json (not a bgmat run directory; '
+                            'python -m bgmat.main --config ... --workdir DIR makes one)')
+  with open(path, encoding='utf-8') as f:
+    try:
+      data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise ValueError(f'{path}: not valid JSON ({e})') from e
+  if not isinstance(data, dict):
+    raise ValueError(f'{path}: not a JSON object (a {type(data).__name__})')
+  return data
 
 
 def parse_arg(arg: str | None, sizes: tuple[str, ...], options: tuple[str, ...] = (),

@@ -38,7 +38,6 @@ is written unless the data set is synthetic (`data_pictures_allowed`).
 import argparse
 import datetime
 import functools
-import json
 import os
 import sys
 
@@ -73,12 +72,7 @@ class Run:
 
   def __init__(self, workdir: str):
     self.workdir = os.path.abspath(workdir)
-    if not os.path.exists(os.path.join(self.workdir, 'config.json')):
-      raise FileNotFoundError(f'{workdir}: no config.json (not a bgmat run directory)')
-    try:
-      self.config = runs_lib.read_config(self.workdir)
-    except json.JSONDecodeError as e:
-      raise ValueError(f'{workdir}/config.json: not valid JSON ({e})') from e
+    self.config = runs_lib.read_config(self.workdir)  # Errors name the file.
     self.name = os.path.basename(self.workdir.rstrip('/'))
     self.scalars = writers.read_jsonl(os.path.join(self.workdir, 'metrics.jsonl'))
     if self.config.stage == 'preseg':

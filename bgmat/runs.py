@@ -13,7 +13,6 @@ parameters and statistics.
 """
 
 import dataclasses
-import json
 import os
 from typing import Any, Sequence
 
@@ -24,6 +23,7 @@ import numpy as np
 
 from bgmat import atomic
 from bgmat import checkpointing
+from bgmat import config_defaults
 from bgmat import models
 from bgmat.inference import resolution
 
@@ -71,17 +71,13 @@ def set_eval_guided_filter(workdir: str, radius: int, eps: float) -> None:
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
-  """The run's `config.json`.
+  """The run's `config.json` (`config_defaults.read_run_config`).
 
   Raises:
     FileNotFoundError: `workdir` has no config.json (not a run directory).
+    ValueError: config.json is not a JSON object (naming the file).
   """
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} not found: {workdir} is not a bgmat run directory '
-                            '(python -m bgmat.main --config ... --workdir DIR makes one)')
-  with open(path, encoding='utf-8') as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(config_defaults.read_run_config(workdir))
 
 
 def eval_variables(state: dict[str, Any], config) -> dict[str, Any]:

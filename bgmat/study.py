@@ -38,11 +38,11 @@ meant to be committed: STUDY is git-ignored.
 
 import argparse
 import ast
-import json
 import os
 import subprocess
 import sys
 
+from bgmat import config_defaults
 from bgmat.inference import resolution
 
 STAGES = ('data', 'preseg', 'matting', 'peer', 'report')
@@ -96,14 +96,10 @@ def recipe_mismatches(workdir: str, overrides: list[str]) -> list[str]:
   Raises:
     ValueError: config.json is not valid JSON (naming the file).
   """
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
+  try:
+    config = config_defaults.read_run_config(workdir)
+  except FileNotFoundError:
     return []
-  with open(path, encoding='utf-8') as f:
-    try:
-      config = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f'{path}: not valid JSON ({e})') from e
   mismatches = []
   for override in overrides:
     key, _, text = override.partition('=')

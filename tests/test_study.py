@@ -3,9 +3,12 @@
 import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
+from bgmat import runs
 from bgmat import study
 
 
@@ -129,3 +132,24 @@ def test_missing_key_and_bad_config_json_are_named(tmp_path):
   (tmp_path / 'run' / 'config.json').write_text('{not json')
   with pytest.raises(ValueError, match='config.json: not valid JSON'):
     study.recipe_mismatches(str(tmp_path / 'run'), ['num_train_steps=3'])
+
+
+def test_the_study_driver_reads_configs_without_jax(tmp_path):
+  # The driver (`python -m bgmat.study`) only starts subprocesses; reading a
+  # run's config.json must not import jax (config_defaults.read_run_config).
+  code = ('import sys; from bgmat import study; '
+          f'print(study.recipe_mismatches({str(tmp_path)!r}, ["a=1"])); '
+          'print(sorted(m for m in ("jax", "flax", "optax") if m in sys.modules))')
+  (tmp_path / 'config.json').write_text('{"a": 2}')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert out.stdout.split('\n')[:2] == ["['a: recorded 2, asked 1']", '[]']
+
+
+def test_run_config_errors_name_the_file(tmp_path):
+  with pytest.raises(FileNotFoundError, match='no config.json'):
+    runs.read_config(str(tmp_path))
+  for text, match in (('{"a": ', 'not valid JSON'), ('[1, 2]', 'not a JSON object')):
+    (tmp_path / 'config.json').write_text(text)
+    with pytest.raises(ValueError, match=f'{tmp_path}/config.json: {match}'):
+      runs.read_config(str(tmp_path))
