@@ -78,13 +78,16 @@ def base(stage: str) -> ml_collections.ConfigDict:
   # Training augmentation (`input_pipeline.Augment`): crop (side a share of the
   # short side, centred on the alpha edge with probability edge_bias) or, with
   # probability letterbox_prob, the whole record letterboxed into the square
-  # as `bgmat remove` feeds the pre-segmentation; flips; with probability
+  # as `bgmat remove` feeds the pre-segmentation, or, with probability
+  # zoom_out_prob (checked first), letterboxed into a smaller square (side a
+  # share zoom_out_scale of image_size) at a random place, edge-padded
+  # around (people smaller in the frame than the data set shows); flips; with probability
   # use_photo_prob the stored photo as it is, else the composite
   # alpha * fg + (1 - alpha) * bg of the record's fg and bg, whose bg is with
   # probability recomposite_prob another record's; colour jitter.
   config.aug = ml_collections.ConfigDict(dict(
       crop_scale=(0.5, 1.0), edge_bias=0.5, flip=True, recomposite_prob=0.5, jitter=0.1,
-      use_photo_prob=0.0, letterbox_prob=0.0))
+      use_photo_prob=0.0, letterbox_prob=0.0, zoom_out_prob=0.0, zoom_out_scale=(0.5, 1.0)))
   config.input = ml_collections.ConfigDict(dict(worker_count=0, num_threads=4, prefetch=8))
 
   # Optimisation.

@@ -145,16 +145,39 @@ def perturb_mask(alpha: np.ndarray, rng: np.random.Generator,
   return np.clip(prior, 0.0, 1.0)[..., None]
 
 
+def _fit(shape: tuple[int, int], side: int) -> tuple[int, int]:
+  """(height, width) of a `shape` photo whose long side is resized to `side`."""
+  height, width = shape
+  scale = side / max(height, width)
+  return max(1, round(height * scale)), max(1, round(width * scale))
+
+
 def letterbox(array: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int]]:
   """(size, size, C) uint8: the long side resized to `size`, bottom/right
   edge-padded, as `bgmat.inference.resolution.letterbox` prepares photos for
   `bgmat remove`; and the (height, width) of the photo inside it."""
-  height, width = array.shape[:2]
-  scale = size / max(height, width)
-  new_size = (max(1, round(height * scale)), max(1, round(width * scale)))
+  new_size = _fit(array.shape[:2], size)
   resized = _resize(array, new_size)
   pad = ((0, size - new_size[0]), (0, size - new_size[1]), (0, 0))
   return np.pad(resized, pad, mode='edge'), new_size
+
+
+def zoom_out(array: np.ndarray, size: int, box: int, top: int, left: int) -> np.ndarray:
+  """(size, size, C) uint8: the record letterboxed into a `box` x `box`
+  square (long side resized to `box`), its top-left corner at (top, left)
+  of the canvas, the rest edge-padded as `letterbox` pads its bars: people
+  smaller in the frame than the data set shows them (a full-body or group
+  photo's head). `box == size` with top = left = 0 is `letterbox`.
+
+  Raises:
+    ValueError: the placed photo would leave the canvas.
+  """
+  new_size = _fit(array.shape[:2], box)
+  if not (0 <= top <= size - new_size[0] and 0 <= left <= size - new_size[1]):
+    raise ValueError(f'a {new_size} photo at ({top}, {left}) leaves the {size} px canvas')
+  resized = _resize(array, new_size)
+  pad = ((top, size - new_size[0] - top), (left, size - new_size[1] - left), (0, 0))
+  return np.pad(resized, pad, mode='edge')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,6 +196,8 @@ class Augment:
   prior: str = 'none'
   use_photo_prob: float = 0.0
   letterbox_prob: float = 0.0
+  zoom_out_prob: float = 0.0
+  zoom_out_scale: tuple[float, float] = (0.5, 1.0)
 
   def __call__(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
     size = self.image_size
@@ -180,7 +205,13 @@ class Augment:
     # keep their exact example stream.
     use_photo = bool(self.use_photo_prob) and rng.random() < self.use_photo_prob
     keys = ('fg', 'alpha', 'bg') + (('image',) if use_photo else ())
-    if self.letterbox_prob and rng.random() < self.letterbox_prob:
+    if self.zoom_out_prob and rng.random() < self.zoom_out_prob:
+      box = max(8, min(size, int(round(rng.uniform(*self.zoom_out_scale) * size))))
+      inner = _fit(record['alpha'].shape[:2], box)
+      top = int(rng.integers(0, size - inner[0] + 1))
+      left = int(rng.integers(0, size - inner[1] + 1))
+      parts = {k: zoom_out(record[k], size, box, top, left) for k in keys}
+    elif self.letterbox_prob and rng.random() < self.letterbox_prob:
       parts = {k: letterbox(record[k], size)[0] for k in keys}
     else:
       parts = _random_crop_resize({k: record[k] for k in keys}, record['alpha'], size,
@@ -262,7 +293,9 @@ def create_train_dataset(config, *, process_index: int, process_count: int,
               jitter=config.aug.jitter, trimap_radius=config.trimap_radius,
               prior=config.get('prior', 'none'),
               use_photo_prob=config.aug.get('use_photo_prob', 0.0),
-              letterbox_prob=config.aug.get('letterbox_prob', 0.0)),
+              letterbox_prob=config.aug.get('letterbox_prob', 0.0),
+              zoom_out_prob=config.aug.get('zoom_out_prob', 0.0),
+              zoom_out_scale=tuple(config.aug.get('zoom_out_scale', (0.5, 1.0)))),
       seed=config.seed + 1)
   # Blocks of P consecutive elements; global batch b is blocks
   # [b * count, (b + 1) * count), so this process takes every count-th block.

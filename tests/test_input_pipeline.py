@@ -1,6 +1,7 @@
 """Input pipeline: determinism across worker counts, exact resume, contents."""
 
 import numpy as np
+import pytest
 
 from bgmat import input_pipeline
 import configs.preseg as preseg_configs
@@ -166,7 +167,7 @@ def test_augment_defaults_draw_nothing_extra():
   record = _record()
   base = input_pipeline.Augment(source=[record], image_size=16)
   same = input_pipeline.Augment(source=[record], image_size=16, use_photo_prob=0.0,
-                                letterbox_prob=0.0)
+                                letterbox_prob=0.0, zoom_out_prob=0.0, zoom_out_scale=(0.1, 0.2))
   a = base(record, np.random.default_rng(3))
   b = same(record, np.random.default_rng(3))
   for key in a:
@@ -180,3 +181,31 @@ def test_prepare_letterboxes_at_the_photo_aspect():
   np.testing.assert_array_equal(example['region'], [15, 20])
   # Bottom rows are edge padding of the last photo row.
   np.testing.assert_array_equal(example['alpha'][15:], np.repeat(example['alpha'][14:15], 5, 0))
+
+
+def test_zoom_out_places_a_smaller_letterbox_and_keeps_labels_aligned():
+  record = _record(30, 40)
+  # The photo carries its own mask, so any misalignment shows.
+  record['image'] = np.repeat(record['alpha'], 3, axis=-1)
+  boxed = input_pipeline.zoom_out(record['alpha'], 32, 16, 5, 9)
+  inner = input_pipeline.letterbox(record['alpha'], 16)[0][:12]  # the 12 x 16 photo
+  np.testing.assert_array_equal(boxed[5:17, 9:25], inner)
+  # Edge padding around it: the rows above repeat its first row, etc.
+  np.testing.assert_array_equal(boxed[:5, 9:25], np.repeat(inner[:1], 5, 0))
+  np.testing.assert_array_equal(boxed[17:, 9:25], np.repeat(inner[-1:], 15, 0))
+  np.testing.assert_array_equal(boxed[5:17, :9], np.repeat(inner[:, :1], 9, 1))
+  np.testing.assert_array_equal(input_pipeline.zoom_out(record['alpha'], 16, 16, 0, 0),
+                                input_pipeline.letterbox(record['alpha'], 16)[0])
+  with pytest.raises(ValueError, match='leaves the 32 px canvas'):
+    input_pipeline.zoom_out(record['alpha'], 32, 16, 21, 0)
+  augment = input_pipeline.Augment(source=[record], image_size=32, jitter=0.0, flip=False,
+                                   use_photo_prob=1.0, zoom_out_prob=1.0,
+                                   zoom_out_scale=(0.25, 0.75))
+  sizes = set()
+  for seed in range(20):
+    example = augment(record, np.random.default_rng(seed))
+    np.testing.assert_allclose(example['image'], np.repeat(example['alpha'], 3, -1), atol=1e-6)
+    # The person's box (alpha 1) shrinks with the zoom: 20 x 20 of a 30 x 40 record.
+    rows = np.nonzero(example['alpha'][..., 0].max(axis=1) == 1.0)[0]
+    sizes.add(len(rows))
+  assert min(sizes) < max(sizes) and max(sizes) <= 0.75 * 32 * 20 / 40 + 1
