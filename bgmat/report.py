@@ -24,7 +24,7 @@ Reads each workdir (config.json, metrics.jsonl, the weights through
     the letterboxed example (`metrics.region_eval_metrics`).
   * alphamatting.com (--alphamatting DIR): matting stage with a prior made from
     each trimap vs closed-form with that trimap (`report_extras`).
-  * Cut-outs (--cutouts): the held-out astronaut and Grace Hopper.
+  * Cut-outs (--cutouts): the held-out astronaut and Grace Hopper, every seed of the method.
 
 Runs with the same label (DeepLabV3+ improved / original; matting adversarial
 / no adversarial) are seeds: the tables add a mean ± spread row per variant
@@ -571,7 +571,8 @@ def parse_args(argv):
                       help="evaluate the matting stage's alpha with the trimap's known regions "
                            'pasted in (as trimap-based matting is evaluated)')
   parser.add_argument('--cutouts', action='store_true',
-                      help='cut-outs of the held-out astronaut and Grace Hopper')
+                      help='cut-outs of the held-out astronaut and Grace Hopper, one column '
+                           'per seed of the method (the adversarial matting runs, else all)')
   parser.add_argument('--compare_workdir', default='',
                       help='a second matting run for the cut-outs (e.g. the demo model)')
   parser.add_argument('--no_data_pictures', action='store_true',
@@ -610,7 +611,8 @@ def main(argv=None) -> str:
   if args.cutouts:
     if not matting:
       raise ValueError('--cutouts needs a matting run in --workdirs')
-    args.cutout_runs = [(method_runs[0].name, method_runs[0].workdir)]
+    # Every seed of the method: a failure one seed shows and another does not is seed noise.
+    args.cutout_runs = [(r.name, r.workdir) for r in method_runs]
     if args.compare_workdir:
       args.cutout_runs.append((_name(args.compare_workdir), args.compare_workdir))
     cutouts = report_extras.render_cutouts(args.cutout_runs, out_dir)

@@ -76,7 +76,7 @@ def test_report_from_tiny_runs(tiny_runs, tiny_data, tmp_path):
                       '--peer_table', str(peer), '--alphamatting', str(alphamatting),
                       '--alphamatting_trimaps', 'trimap1', 'trimap2', '--alphamatting_prior', 'ramp',
                       '--alphamatting_paste_known', '--tta_flip',
-                      '--tta_scales', '1', '1.5',
+                      '--tta_scales', '1', '1.5', '--cutouts',
                       '--out', str(out)])
   text = open(path, encoding='utf-8').read()
   rows = json.loads((out / 'results.json').read_text())
@@ -120,6 +120,9 @@ def test_report_from_tiny_runs(tiny_runs, tiny_data, tmp_path):
   assert "known regions pasted in" in text
   assert 'not tested (a run is missing)' in text  # no noadv run given
   assert 'CPU' in text or 'cores (os.cpu_count)' in text
+  # Cut-outs: input | each seed of the method (256 px tall, 2 px gaps).
+  assert 'input, `matting`, `matting_s1`' in text
+  assert Image.open(out / 'cutout_astronaut.png').size == (3 * 256 + 2 * 2, 256)
   for name in ('curves_preseg.png', 'curves_matting.png', 'samples.png'):
     assert os.path.getsize(out / name) > 1000
 
