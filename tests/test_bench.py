@@ -103,3 +103,41 @@ def test_grad_breakdown_adds_up_to_the_dim_grad():
                              rtol=1e-12)
   np.testing.assert_allclose(parts['grad_band'] + parts['outside'], parts['grad'], rtol=1e-12)
   assert parts['band_softer'] > 0 and parts['band_sharper'] > 0 and parts['outside'] > 0
+
+
+def _portrait(height=80, width=60):
+  """A record whose red channel is its alpha: a predictor reading red is exact."""
+  yy, xx = np.mgrid[:height, :width]
+  alpha = (((yy - 30) ** 2 / 400 + (xx - 30) ** 2 / 200) < 1).astype(np.uint8) * 255
+  image = np.zeros((height, width, 3), np.uint8)
+  image[..., 0] = alpha
+  return {'image': image, 'alpha': alpha[..., None]}
+
+
+def test_preseg_scale_scores_the_photo_box_at_each_scale():
+  from bench import preseg_scale  # pylint: disable=g-import-not-at-top
+  source = [_portrait(), _portrait(60, 80)]
+  # Reading red recovers the shrunk mask exactly only where the box is placed right.
+  exact = lambda x: x[..., :1]
+  rows = preseg_scale.score(exact, source, size=64, scales=[1.0, 0.5])
+  assert [r['scale'] for r in rows] == [1.0, 0.5]
+  for row in rows:
+    assert row['iou'] == 1.0 and row['boundary_f'] == 1.0 and row['n'] == 2
+  # The same probability 8 px to the left scores lower.
+  shifted = lambda x: np.roll(x[..., :1], -8, axis=2)
+  assert preseg_scale.score(shifted, source, size=64, scales=[0.5])[0]['iou'] < 0.9
+  assert preseg_scale.score(lambda x: 0 * x[..., :1], source, 64, [0.5])[0]['iou'] == 0.0
+
+
+def test_preseg_scale_places_the_photo_at_the_bottom_centre():
+  from bench import preseg_scale  # pylint: disable=g-import-not-at-top
+  record = _portrait()
+  canvas, (top, left, height, width), mask = preseg_scale.shrink(
+      record['image'], record['alpha'], 64, 0.5)
+  assert canvas.shape == (64, 64, 3) and canvas.dtype == np.uint8
+  assert (height, width) == (32, 24) == mask.shape
+  assert (top, left) == (32, 20)
+  with pytest.raises(ValueError, match='scale 1.5'):
+    preseg_scale.shrink(record['image'], record['alpha'], 64, 1.5)
+  with pytest.raises(ValueError, match='no examples'):
+    preseg_scale.score(lambda x: x, [], 64, [1.0])
