@@ -16,6 +16,17 @@ letterboxes it, centred horizontally.
       --dataset matting_sets/portraits_seg --split validation \
       --scales 1 0.75 0.5 --workdirs runs/study/preseg_original_3k_s0 ...
 
+The peer (MediaPipe's selfie segmenter, in its own venv: see
+`bench/peer_mediapipe.py`) sees the same canvases, in three steps through a
+work dir outside the repo (the canvases are made from the research-only photos):
+
+  python -m bench.preseg_scale --data_dir runs/study/data --scales 1 0.75 0.5 \
+      --mediapipe_dir /tmp/mp_scale --dump
+  for s in 1 0.75 0.5; do ../mpvenv/bin/python bench/peer_mediapipe.py segment \
+      --split validation_scale$s --work_dir /tmp/mp_scale --models 0; done
+  python -m bench.preseg_scale --data_dir runs/study/data --scales 1 0.75 0.5 \
+      --mediapipe_dir /tmp/mp_scale --workdirs RUN ...
+
 Prints a markdown table (machine and date in its header); `--out` also
 writes it, atomically.
 """
@@ -23,7 +34,6 @@ writes it, atomically.
 import argparse
 import datetime
 import os
-import platform
 import sys
 from typing import Callable, Sequence
 
@@ -61,7 +71,7 @@ def shrink(image: np.ndarray, alpha: np.ndarray, size: int, scale: float
 
 def score(predict: Callable[[np.ndarray], np.ndarray], source, size: int,
           scales: Sequence[float], max_examples: int | None = None) -> list[dict]:
-  """IoU and boundary F per scale, means over the records of `source`.
+  """IoU and boundary F per scale of a model, means over the records of `source`.
 
   Args:
     predict: (1, size, size, 3) float32 in [0, 1] -> (1, size, size, 1)
@@ -78,6 +88,17 @@ def score(predict: Callable[[np.ndarray], np.ndarray], source, size: int,
   Raises:
     ValueError: an empty source, or a scale outside (0, 1].
   """
+  def probability(canvas, index, scale):
+    del index, scale
+    return np.asarray(predict(canvas[None].astype(np.float32) / 255.0))[0, ..., 0]
+  return score_probabilities(probability, source, size, scales, max_examples)
+
+
+def score_probabilities(probability: Callable[[np.ndarray, int, float], np.ndarray], source,
+                        size: int, scales: Sequence[float],
+                        max_examples: int | None = None) -> list[dict]:
+  """`score` for any (canvas (size, size, 3) uint8, record index, scale) ->
+  (size, size) probability, e.g. a peer's saved masks."""
   from bgmat import metrics  # pylint: disable=g-import-not-at-top
   count = len(source) if max_examples is None else min(max_examples, len(source))
   if count == 0:
@@ -89,7 +110,7 @@ def score(predict: Callable[[np.ndarray], np.ndarray], source, size: int,
       record = source[i]
       canvas, (top, left, height, width), mask = shrink(
           record['image'], record['alpha'], size, scale)
-      prob = np.asarray(predict(canvas[None].astype(np.float32) / 255.0))[0, ..., 0]
+      prob = np.asarray(probability(canvas, i, scale))
       pred = prob[top:top + height, left:left + width] >= 0.5
       ious.append(metrics.iou(pred, mask))
       bfs.append(metrics.boundary_f(pred, mask))
@@ -98,12 +119,60 @@ def score(predict: Callable[[np.ndarray], np.ndarray], source, size: int,
   return rows
 
 
+def scale_split(split: str, scale: float) -> str:
+  """The folder name of one scale's canvases under a peer's work dir."""
+  return f'{split}_scale{scale:g}'
+
+
+def dump(source, size: int, scales: Sequence[float], split: str, work_dir: str,
+         max_examples: int | None = None) -> None:
+  """Writes every scale's canvases as PNGs in `bench/peer_mediapipe.py`'s
+  layout (work_dir/images/<split>_scale<s>/NNNNN.png + index.json), so that
+  its `segment` step runs MediaPipe on them (`--split <split>_scale<s>`)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from bench import peer_mediapipe  # pylint: disable=g-import-not-at-top
+  count = len(source) if max_examples is None else min(max_examples, len(source))
+  for scale in scales:
+    folder = os.path.join(work_dir, 'images', scale_split(split, scale))
+    index = []
+    for i in range(count):
+      record = source[i]
+      canvas = shrink(record['image'], record['alpha'], size, scale)[0]
+      file = f'{i:05d}.png'
+      peer_mediapipe._atomic_write(  # pylint: disable=protected-access
+          os.path.join(folder, file),
+          lambda tmp, canvas=canvas: Image.fromarray(canvas).save(tmp, format='PNG'))
+      index.append(dict(index=i, file=file, height=size, width=size, name=str(i)))
+    peer_mediapipe._write_json(os.path.join(folder, 'index.json'), index)  # pylint: disable=protected-access
+    print(f'dump: {count} canvases at scale {scale:g} -> {folder}')
+
+
+def mediapipe_probability(work_dir: str, split: str, model: int, size: int):
+  """(canvas, index, scale) -> the (size, size) mask MediaPipe's `segment`
+  step saved for that canvas.
+
+  Raises:
+    ValueError: a mask of another shape.
+  """
+  def probability(canvas, index, scale):
+    del canvas
+    path = os.path.join(work_dir, f'masks_model{model}', scale_split(split, scale),
+                        f'{index:05d}.npy')
+    mask = np.load(path, allow_pickle=False)
+    if mask.shape != (size, size):
+      raise ValueError(f'{path}: shape {mask.shape}, expected {(size, size)}')
+    return mask
+  return probability
+
+
 def _table(results: dict[str, list[dict]], args) -> str:
+  import jax  # pylint: disable=g-import-not-at-top
+  from bgmat import report_stats  # pylint: disable=g-import-not-at-top
   scales = [f'{s:g}' for s in args.scales]
   lines = [f'# Pre-segmentation at smaller scales, {args.dataset} {args.split}',
            '',
-           f'Machine: {platform.node()}, {platform.processor() or platform.machine()}, '
-           f'{os.cpu_count()} CPUs; {datetime.date.today().isoformat()}. '
+           f'Machine: {report_stats.machine_line()}; jax {jax.__version__} on '
+           f'{jax.default_backend()}; {datetime.date.today().isoformat()}. '
            f'`python -m bench.preseg_scale {" ".join(sys.argv[1:])}`',
            '',
            '| run | ' + ' | '.join(f'IoU @ {s}' for s in scales) + ' | '
@@ -117,27 +186,51 @@ def _table(results: dict[str, list[dict]], args) -> str:
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--workdirs', nargs='+', required=True, help='stage-1 (or matting) runs')
+  parser.add_argument('--workdirs', nargs='*', default=[], help='stage-1 (or matting) runs')
   parser.add_argument('--data_dir', required=True)
   parser.add_argument('--dataset', default='matting_sets/portraits_seg')
   parser.add_argument('--split', default='validation')
   parser.add_argument('--scales', type=float, nargs='+', default=[1.0, 0.75, 0.5])
   parser.add_argument('--image_size', type=int, default=0,
-                      help='canvas side; default: each run\'s config.image_size')
+                      help="canvas side; default: each run's config.image_size (256 for "
+                           'the peer alone)')
   parser.add_argument('--max_examples', type=int, default=None)
+  parser.add_argument('--mediapipe_dir', default=None,
+                      help='a work dir outside the repo: with --dump, write the canvases '
+                           'there for `bench/peer_mediapipe.py segment`; without, also '
+                           'score the masks it saved there')
+  parser.add_argument('--mediapipe_models', type=int, nargs='+', default=[0])
+  parser.add_argument('--dump', action='store_true', help='only write the canvases')
   parser.add_argument('--out', default=None, help='also write the table here')
   args = parser.parse_args(argv)
 
   from bgmat import atomic, config_defaults, input_pipeline, runs  # pylint: disable=g-import-not-at-top
   source = input_pipeline.open_source(args.dataset, args.split, args.data_dir)
+  sizes = {w: args.image_size or int(config_defaults.read_run_config(w)['image_size'])
+           for w in args.workdirs}
+  peer_size = args.image_size or (next(iter(sizes.values())) if sizes else 256)
+  if args.dump:
+    if not args.mediapipe_dir:
+      parser.error('--dump needs --mediapipe_dir')
+    dump(source, peer_size, args.scales, args.split, args.mediapipe_dir, args.max_examples)
+    return
   results = {}
   for workdir in args.workdirs:
-    size = args.image_size or int(config_defaults.read_run_config(workdir)['image_size'])
     name = os.path.basename(os.path.abspath(workdir))
-    results[name] = score(runs.preseg_prob_fn(workdir), source, size, args.scales,
+    results[name] = score(runs.preseg_prob_fn(workdir), source, sizes[workdir], args.scales,
                           args.max_examples)
-    print(name, ' '.join(f"{r['scale']:g}: {r['iou']:.4f}/{r['boundary_f']:.4f}"
-                         for r in results[name]), flush=True)
+  if args.mediapipe_dir:
+    from bench import peer_mediapipe  # pylint: disable=g-import-not-at-top
+    for model in args.mediapipe_models:
+      name = f'MediaPipe selfie segmenter, model {model} {peer_mediapipe.MODELS[model]}'
+      results[name] = score_probabilities(
+          mediapipe_probability(args.mediapipe_dir, args.split, model, peer_size), source,
+          peer_size, args.scales, args.max_examples)
+  if not results:
+    parser.error('nothing to score: give --workdirs and/or --mediapipe_dir')
+  for name, rows in results.items():
+    print(name, ' '.join(f"{r['scale']:g}: {r['iou']:.4f}/{r['boundary_f']:.4f}" for r in rows),
+          flush=True)
   table = _table(results, args)
   print(table)
   if args.out:

@@ -3,6 +3,7 @@
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from bench import input_pipeline as pipeline_bench
 from bench import train_step as step_bench
@@ -141,3 +142,28 @@ def test_preseg_scale_places_the_photo_at_the_bottom_centre():
     preseg_scale.shrink(record['image'], record['alpha'], 64, 1.5)
   with pytest.raises(ValueError, match='no examples'):
     preseg_scale.score(lambda x: x, [], 64, [1.0])
+
+
+def test_preseg_scale_scores_a_peers_saved_masks(tmp_path):
+  """The dump writes what peer_mediapipe's segment step reads; masks saved in
+  its layout score like the model that produced them."""
+  import json  # pylint: disable=g-import-not-at-top
+  from bench import preseg_scale  # pylint: disable=g-import-not-at-top
+  source = [_portrait(), _portrait(60, 80)]
+  preseg_scale.dump(source, 64, [1.0, 0.5], 'validation', str(tmp_path))
+  for scale in (1.0, 0.5):
+    split = preseg_scale.scale_split('validation', scale)
+    index = json.loads((tmp_path / 'images' / split / 'index.json').read_text())
+    assert [e['file'] for e in index] == ['00000.png', '00001.png']
+    masks = tmp_path / 'masks_model0' / split
+    masks.mkdir(parents=True)
+    for entry in index:  # A "peer" that reads red, as the segment step would save it.
+      with Image.open(tmp_path / 'images' / split / entry['file']) as canvas:
+        np.save(masks / (entry['file'][:-4] + '.npy'),
+                np.asarray(canvas, np.float32)[..., 0] / 255.0)
+  peer = preseg_scale.mediapipe_probability(str(tmp_path), 'validation', 0, 64)
+  rows = preseg_scale.score_probabilities(peer, source, 64, [1.0, 0.5])
+  assert [(r['iou'], r['boundary_f']) for r in rows] == [(1.0, 1.0), (1.0, 1.0)]
+  np.save(masks / '00000.npy', np.zeros((32, 32), np.float32))
+  with pytest.raises(ValueError, match='00000.npy: shape'):
+    preseg_scale.score_probabilities(peer, source, 64, [0.5])
