@@ -28,7 +28,11 @@ work dir outside the repo (the canvases are made from the research-only photos):
       --mediapipe_dir /tmp/mp_scale --workdirs RUN ...
 
 Prints a markdown table (machine and date in its header); `--out` also
-writes it, atomically.
+writes it, atomically. `--held_out PNG` also renders each run's stage-1
+cut-out of the two held-out demo photos (scikit-image's astronaut, matplotlib's
+Grace Hopper; demo inputs only, never training or tuning) at each scale, to
+look at (write it outside the repo: it is made by a model trained on the
+research-only photos).
 """
 
 import argparse
@@ -165,6 +169,42 @@ def mediapipe_probability(work_dir: str, split: str, model: int, size: int):
   return probability
 
 
+def held_out_grid(predicts: Sequence[Callable[[np.ndarray], np.ndarray]], size: int,
+                  scales: Sequence[float], photos: dict[str, np.ndarray] | None = None,
+                  height: int = 160) -> np.ndarray:
+  """Stage-1 cut-outs of photos shrunk as `shrink` does: one row per model.
+
+  Args:
+    predicts: models as in `score`: (1, size, size, 3) float32 in [0, 1] ->
+      (1, size, size, 1) probability in [0, 1].
+    size: the canvas side (the runs' working size).
+    scales: the photo's long side as a share of `size`, each in (0, 1].
+    photos: name -> (H, W, 3) uint8; default the held-out demo photos
+      (`bgmat.report_extras.demo_photos`).
+    height: the height in pixels of each panel.
+
+  Returns:
+    (rows, cols, 3) uint8: per row, for each photo and scale, the photo's box
+    over a checkerboard with the probability as alpha; 2 px white gaps.
+  """
+  from bgmat import report_extras  # pylint: disable=g-import-not-at-top
+  photos = report_extras.demo_photos() if photos is None else photos
+  rows = []
+  for predict in predicts:
+    panels = []
+    for image in photos.values():
+      for scale in scales:
+        canvas, (top, left, h, w), _ = shrink(
+            image, np.zeros((*image.shape[:2], 1), np.uint8), size, scale)
+        prob = np.asarray(predict(canvas[None].astype(np.float32) / 255.0))[0, ..., 0]
+        panels.append(report_extras._on_checkerboard(  # pylint: disable=protected-access
+            canvas[top:top + h, left:left + w], prob[top:top + h, left:left + w], height))
+        panels.append(np.full((height, 2, 3), 255, np.uint8))
+    rows.append(np.concatenate(panels[:-1], axis=1))
+    rows.append(np.full((2, rows[-1].shape[1], 3), 255, np.uint8))
+  return np.concatenate(rows[:-1], axis=0)
+
+
 def _table(results: dict[str, list[dict]], args) -> str:
   import jax  # pylint: disable=g-import-not-at-top
   from bgmat import report_stats  # pylint: disable=g-import-not-at-top
@@ -202,6 +242,9 @@ def main(argv=None) -> None:
   parser.add_argument('--mediapipe_models', type=int, nargs='+', default=[0])
   parser.add_argument('--dump', action='store_true', help='only write the canvases')
   parser.add_argument('--out', default=None, help='also write the table here')
+  parser.add_argument('--held_out', default=None, metavar='PNG',
+                      help="also render the runs' stage-1 cut-outs of the held-out demo "
+                           'photos at each scale here (outside the repo), one row per run')
   args = parser.parse_args(argv)
 
   from bgmat import atomic, config_defaults, input_pipeline, runs  # pylint: disable=g-import-not-at-top
@@ -226,6 +269,16 @@ def main(argv=None) -> None:
       results[name] = score_probabilities(
           mediapipe_probability(args.mediapipe_dir, args.split, model, peer_size), source,
           peer_size, args.scales, args.max_examples)
+  if args.held_out and args.workdirs:
+    from bgmat.inference import remover  # pylint: disable=g-import-not-at-top
+    sides = set(sizes.values())
+    if len(sides) > 1:
+      parser.error(f'--held_out needs runs of one working size, got {sorted(sides)}')
+    grid = held_out_grid([runs.preseg_prob_fn(w) for w in args.workdirs], sides.pop(),
+                         args.scales)
+    remover.save_png_atomic(grid, args.held_out)
+    print(f'held-out cut-outs, rows {[os.path.basename(w) for w in args.workdirs]}, '
+          f'columns astronaut then Grace Hopper at scales {args.scales} -> {args.held_out}')
   if not results:
     parser.error('nothing to score: give --workdirs and/or --mediapipe_dir')
   for name, rows in results.items():

@@ -167,3 +167,20 @@ def test_preseg_scale_scores_a_peers_saved_masks(tmp_path):
   np.save(masks / '00000.npy', np.zeros((32, 32), np.float32))
   with pytest.raises(ValueError, match='00000.npy: shape'):
     preseg_scale.score_probabilities(peer, source, 64, [0.5])
+
+
+def test_preseg_scale_held_out_grid_shows_each_photo_box_with_its_probability():
+  from bench import preseg_scale  # pylint: disable=g-import-not-at-top
+  white = np.full((40, 30, 3), 255, np.uint8)
+  photos = {'a': white, 'b': white[:30, :40]}
+  # A model that keeps everything and one that keeps nothing: the kept photo is
+  # white wherever it lies, the dropped one shows the checkerboard's grey.
+  keep = lambda x: np.ones_like(x[..., :1])
+  drop = lambda x: np.zeros_like(x[..., :1])
+  grid = preseg_scale.held_out_grid([keep, drop], 64, [1.0, 0.5], photos, height=20)
+  # Two rows of four panels (two photos x two scales) 20 px tall, 2 px white gaps.
+  assert grid.dtype == np.uint8 and grid.shape[0] == 2 * 20 + 2
+  assert (grid[:20] == 255).all()
+  assert (grid[22:] < 255).any() and (grid[20:22] == 255).all()
+  with pytest.raises(ValueError, match='scale 0'):
+    preseg_scale.held_out_grid([keep], 64, [0.0], photos)
