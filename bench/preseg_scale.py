@@ -2,7 +2,7 @@ r"""Scale robustness of the pre-segmentation: people smaller in the frame.
 
 The real-portrait set shows one person filling a 3:4 photo, and stage 1 trains
 on crops of it, so it never sees a person whose head is a tenth of the frame
-(a full-body or group photo, the astronaut photo's head). This measures what
+(a full-body or group photo). This measures what
 that costs on a split of the training data set itself, without any held-out
 photo: each photo is shrunk so that its long side is `scale` of the working
 size, placed at the bottom centre of the square canvas (a person standing
