@@ -160,7 +160,7 @@ def run(args) -> list[str]:
              f'{mine["batch_s"] / best:.3g} (vs best peer)' if best else ''))
     for mode, result in peers:
       label = f'PyTorch smp, {mode}' + (' + AMP bf16' if on_gpu and bf16 else '')
-      ratio = f'{mine["batch_s"] / result["batch_s"]:.2f}' if 'batch_s' in result else ''
+      ratio = f'{mine["batch_s"] / result["batch_s"]:.3g}' if 'batch_s' in result else ''
       emit(row(batch, twin_name, label, result, ratio))
   emit('')
   emit(f'Parameters: {preseg.model.name} {params.get("ours", 0):,}; smp-head twin '
