@@ -169,7 +169,7 @@ def _configs(args, on_gpu: bool):
 
 def _row(stage, model, impl, config, dtype, ips, flops, peak, compile_s, ratio=''):
   mfu = f'{100 * flops * ips / config.batch_size / (peak * 1e12):.1f}%' if ips else '-'
-  ips_text = f'{ips:.2f}' if ips else '-'
+  ips_text = f'{ips:.3g}' if ips else '-'
   gflop = f'{flops / config.batch_size / 1e9:.3g}' if flops else '-'
   first = f'{compile_s:.1f}' if compile_s is not None else '-'
   return (f'| {stage} | {model} | {impl} | {config.image_size} | {config.batch_size} | '
@@ -248,7 +248,7 @@ def _preseg_rows(args, preseg, twin, peer_arch, peer_width, dtype, peak, on_gpu,
     impl = f'PyTorch smp, {result.mode}'
     if result.error:
       impl += f' (failed: {result.error})'
-    ratio = f'{mine["images_per_s"] / result.images_per_s:.2f}' if result.images_per_s else ''
+    ratio = f'{mine["images_per_s"] / result.images_per_s:.3g}' if result.images_per_s else ''
     emit(_row('preseg', twin_name, impl, twin, dtype, result.images_per_s, mine['flops'],
               peak, result.first_step_s, ratio))
   return ours, mine
