@@ -197,12 +197,10 @@ def held_out_grid(predicts: Sequence[Callable[[np.ndarray], np.ndarray]], size: 
         canvas, (top, left, h, w), _ = shrink(
             image, np.zeros((*image.shape[:2], 1), np.uint8), size, scale)
         prob = np.asarray(predict(canvas[None].astype(np.float32) / 255.0))[0, ..., 0]
-        panels.append(report_extras._on_checkerboard(  # pylint: disable=protected-access
+        panels.append(report_extras.on_checkerboard(
             canvas[top:top + h, left:left + w], prob[top:top + h, left:left + w], height))
-        panels.append(np.full((height, 2, 3), 255, np.uint8))
-    rows.append(np.concatenate(panels[:-1], axis=1))
-    rows.append(np.full((2, rows[-1].shape[1], 3), 255, np.uint8))
-  return np.concatenate(rows[:-1], axis=0)
+    rows.append(report_extras.side_by_side(panels))
+  return report_extras.side_by_side(rows, axis=0)
 
 
 def _table(results: dict[str, list[dict]], args) -> str:
@@ -278,7 +276,7 @@ def main(argv=None) -> None:
                          args.scales)
     remover.save_png_atomic(grid, args.held_out)
     print(f'held-out cut-outs, rows {[os.path.basename(w) for w in args.workdirs]}, '
-          f'columns astronaut then Grace Hopper at scales {args.scales} -> {args.held_out}')
+          f'columns the demo photos at scales {args.scales} -> {args.held_out}')
   if not results:
     parser.error('nothing to score: give --workdirs and/or --mediapipe_dir')
   for name, rows in results.items():

@@ -198,7 +198,7 @@ def demo_photos() -> dict[str, np.ndarray]:
   return {'astronaut': np.asarray(skimage.data.astronaut()), 'grace_hopper': hopper}
 
 
-def _on_checkerboard(image: np.ndarray, alpha: np.ndarray, height: int) -> np.ndarray:
+def on_checkerboard(image: np.ndarray, alpha: np.ndarray, height: int) -> np.ndarray:
   """(H, W, 3) uint8 + (H, W) alpha -> the cut-out over a checkerboard, `height` tall."""
   scale = height / image.shape[0]
   width = max(1, round(image.shape[1] * scale))
@@ -208,6 +208,15 @@ def _on_checkerboard(image: np.ndarray, alpha: np.ndarray, height: int) -> np.nd
   board = eval_lib.checkerboard(height, width, cell=max(4, height // 32))
   return np.clip(np.round((small_alpha * small + (1 - small_alpha) * board) * 255),
                  0, 255).astype(np.uint8)
+
+
+def side_by_side(panels: list[np.ndarray], axis: int = 1, gap: int = 2) -> np.ndarray:
+  """uint8 RGB panels joined along `axis` (1: a row, 0: a column) with `gap`
+  px white strips between them; the panels agree on the other side."""
+  shape = list(panels[0].shape)
+  shape[axis] = gap
+  white = np.full(shape, 255, np.uint8)
+  return np.concatenate([p for panel in panels for p in (panel, white)][:-1], axis=axis)
 
 
 def render_cutouts(workdirs: list[tuple[str, str]], out_dir: str, height: int = 256,
@@ -224,9 +233,8 @@ def render_cutouts(workdirs: list[tuple[str, str]], out_dir: str, height: int = 
     panels = [np.asarray(Image.fromarray(image).resize(
         (max(1, round(image.shape[1] * height / image.shape[0])), height), Image.BILINEAR))]
     for remover in removers:
-      panels.append(_on_checkerboard(image, remover.alpha(image), height))
-    gap = np.full((height, 2, 3), 255, np.uint8)
-    row = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
+      panels.append(on_checkerboard(image, remover.alpha(image), height))
+    row = side_by_side(panels)
     path = os.path.join(out_dir, f'cutout_{photo}.png')
     remover_lib.save_png_atomic(row, path)
     written.append((photo, path))
