@@ -244,6 +244,8 @@ def main(argv=None) -> None:
                       help="also render the runs' stage-1 cut-outs of the held-out demo "
                            'photos at each scale here (outside the repo), one row per run')
   args = parser.parse_args(argv)
+  if args.held_out and not args.workdirs:
+    parser.error('--held_out renders the stage-1 runs of --workdirs: give --workdirs')
 
   from bgmat import atomic, config_defaults, input_pipeline, runs  # pylint: disable=g-import-not-at-top
   source = input_pipeline.open_source(args.dataset, args.split, args.data_dir)
@@ -267,7 +269,7 @@ def main(argv=None) -> None:
       results[name] = score_probabilities(
           mediapipe_probability(args.mediapipe_dir, args.split, model, peer_size), source,
           peer_size, args.scales, args.max_examples)
-  if args.held_out and args.workdirs:
+  if args.held_out:
     from bgmat.inference import remover  # pylint: disable=g-import-not-at-top
     sides = set(sizes.values())
     if len(sides) > 1:

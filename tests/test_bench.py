@@ -144,6 +144,16 @@ def test_preseg_scale_places_the_photo_at_the_bottom_centre():
     preseg_scale.score(lambda x: x, [], 64, [1.0])
 
 
+def test_preseg_scale_held_out_needs_workdirs(tmp_path, capsys):
+  """--held_out without runs to render is refused, not silently skipped."""
+  from bench import preseg_scale  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit):
+    preseg_scale.main(['--data_dir', str(tmp_path), '--held_out', str(tmp_path / 'grid.png'),
+                       '--mediapipe_dir', str(tmp_path)])
+  assert '--held_out' in capsys.readouterr().err
+  assert not (tmp_path / 'grid.png').exists()
+
+
 def test_preseg_scale_scores_a_peers_saved_masks(tmp_path):
   """The dump writes what peer_mediapipe's segment step reads; masks saved in
   its layout score like the model that produced them."""

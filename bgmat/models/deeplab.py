@@ -218,6 +218,8 @@ deeplabv3plus_xception65_smp = functools.partial(DeepLabV3Plus, backbone='xcepti
 deeplabv3plus_tiny = functools.partial(DeepLabV3Plus, **_TINY)
 deeplabv3plus_tiny_improved = functools.partial(DeepLabV3Plus, improved=True, **_TINY)
 deeplabv3plus_small = functools.partial(DeepLabV3Plus, **_SMALL)
+deeplabv3plus_small_wide = functools.partial(
+    DeepLabV3Plus, **{**_SMALL, 'backbone': 'xception_small_wide', 'aspp_channels': 128})
 
 PRESETS = {
     'deeplabv3plus_xception65': deeplabv3plus_xception65,
@@ -228,4 +230,5 @@ PRESETS = {
     'deeplabv3plus_tiny': deeplabv3plus_tiny,
     'deeplabv3plus_tiny_improved': deeplabv3plus_tiny_improved,
     'deeplabv3plus_small': deeplabv3plus_small,
+    'deeplabv3plus_small_wide': deeplabv3plus_small_wide,
 }

@@ -99,12 +99,20 @@ XCEPTION_SMALL_BLOCKS = (
     *([_blk(128, 128, 1)] * 6),
     *_exit_flow(128, (128, 192, 192), (256, 256, 320)))
 
+# Wider from stride 16 on than `xception_small` (the 16x16 map at 256 px,
+# where width is cheap): middle 256, exit up to 512.
+XCEPTION_SMALL_WIDE_BLOCKS = (
+    _blk(24, 32, 2), _blk(32, 64, 2), _blk(64, 128, 2), _blk(128, 256, 1),
+    *([_blk(256, 256, 1)] * 5),
+    *_exit_flow(256, (256, 384, 384), (512, 512, 512)))
+
 ARCH_CONFIGS = {
     'xception41': dict(block_cfg=XCEPTION41_BLOCKS, stem_chs=(32, 64)),
     'xception65': dict(block_cfg=XCEPTION65_BLOCKS, stem_chs=(32, 64)),
     'xception71': dict(block_cfg=XCEPTION71_BLOCKS, stem_chs=(32, 64)),
     'xception_tiny': dict(block_cfg=XCEPTION_TINY_BLOCKS, stem_chs=(8, 16)),
     'xception_small': dict(block_cfg=XCEPTION_SMALL_BLOCKS, stem_chs=(12, 24)),
+    'xception_small_wide': dict(block_cfg=XCEPTION_SMALL_WIDE_BLOCKS, stem_chs=(12, 24)),
 }
 
 # timm parameter counts (incl. the 1000-class head), from

@@ -34,6 +34,8 @@ PRESET_PARAM_COUNTS = {
     'deeplabv3plus_xception65_smp': 41_036_865,
     'deeplabv3plus_tiny': 165_985,
     'deeplabv3plus_tiny_improved': 184_369,
+    'deeplabv3plus_small': 942_765,
+    'deeplabv3plus_small_wide': 2_922_573,
 }
 
 
