@@ -74,6 +74,12 @@ def base(stage: str) -> ml_collections.ConfigDict:
   config.data_dir = './data'
   config.train_split = 'train'
   config.image_size = 128
+  # Side of the training examples in pixels; 0: image_size. Evaluation and
+  # inference always letterbox into image_size. Crops stay shares of the
+  # photo's short side (aug.crop_scale), so a smaller training side shows the
+  # person nearer the scale of the letterboxed evaluation input (crops are
+  # otherwise upsampled past it), at less compute per example.
+  config.train_image_size = 0
   config.trimap_radius = 5
   # Training augmentation (`input_pipeline.Augment`): crop (side a share of the
   # short side, centred on the alpha edge with probability edge_bias) or, with

@@ -273,6 +273,19 @@ class Prepare:
 # ---------------------------------------------------------------------------
 
 
+def train_image_size(config) -> int:
+  """Side of the training examples: config.train_image_size, or image_size when
+  that is 0 or unset (`config_defaults.base`).
+
+  Raises:
+    ValueError: a negative train_image_size.
+  """
+  size = int(config.get('train_image_size', 0) or 0)
+  if size < 0:
+    raise ValueError(f'train_image_size must be >= 0 (0: image_size), got {size}')
+  return size or int(config.image_size)
+
+
 def create_train_dataset(config, *, process_index: int, process_count: int,
                          per_process_batch: int) -> grain.IterDataset:
   """Infinite, shuffled, augmented training data: this process's rows of each
@@ -287,7 +300,7 @@ def create_train_dataset(config, *, process_index: int, process_count: int,
   dataset = grain.MapDataset.source(source)
   dataset = dataset.shuffle(seed=config.seed).repeat()
   dataset = dataset.random_map(
-      Augment(source=source, image_size=config.image_size,
+      Augment(source=source, image_size=train_image_size(config),
               crop_scale=tuple(config.aug.crop_scale), edge_bias=config.aug.edge_bias,
               flip=config.aug.flip, recomposite_prob=config.aug.recomposite_prob,
               jitter=config.aug.jitter, trimap_radius=config.trimap_radius,

@@ -45,6 +45,26 @@ def test_batches_shapes_and_ranges(tiny_data):
       atol=1e-6)
 
 
+def test_train_image_size_sets_the_training_side_only(tiny_data):
+  """train_image_size shapes the training examples; evaluation stays at
+  image_size; 0 means image_size; a negative side is refused."""
+  config = _config(tiny_data)
+  config.train_image_size = config.image_size // 2
+  batch = next(iter(input_pipeline.create_train_dataset(
+      config, process_index=0, process_count=1, per_process_batch=2)))
+  side = config.image_size // 2
+  assert batch['image'].shape == (2, side, side, 3)
+  assert batch['alpha'].shape == batch['trimap'].shape == (2, side, side, 1)
+  evaluated = next(input_pipeline.eval_batches(
+      config, 'validation', process_index=0, process_count=1, per_process_batch=2))
+  assert evaluated['image'].shape[1:3] == (config.image_size, config.image_size)
+  config.train_image_size = 0
+  assert input_pipeline.train_image_size(config) == config.image_size
+  config.train_image_size = -1
+  with pytest.raises(ValueError, match='train_image_size'):
+    input_pipeline.train_image_size(config)
+
+
 def test_determinism_across_worker_counts(tiny_data):
   batches = []
   for workers in (0, 2):
