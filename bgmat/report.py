@@ -89,6 +89,15 @@ class Run:
     return bool(self.config.model.get('kwargs', {}).get('improved', False))
 
 
+def _sizes(config) -> str:
+  """'256 px', or 'trained at 192 px, evaluated at 256 px' when the training
+  side differs (`input_pipeline.train_image_size`)."""
+  train = input_pipeline.train_image_size(config)
+  if train == config.image_size:
+    return f'{config.image_size} px'
+  return f'trained at {train} px, evaluated at {config.image_size} px'
+
+
 def _eval_config(config, args, dataset: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(config.to_dict())
   if args.data_dir:
@@ -428,7 +437,7 @@ def write_report(runs, rows, seg_rows, peers, alpha_rows, cutouts, curves, sampl
       f'jax {jax.__version__} on {jax.devices()[0].device_kind}.', '',
       'Runs (a variant with several runs: seeds): ' + '; '.join(
           f'`{r.name}` ({r.label}, `{r.config.model.name}`, seed {r.config.get("seed", "?")}, '
-          f'{_last_step(r)} steps, batch {r.config.batch_size}, {r.config.image_size} px)'
+          f'{_last_step(r)} steps, batch {r.config.batch_size}, {_sizes(r.config)})'
           for r in runs) + '.', '',
       f'Pre-segmentation behind the matting rows and the baselines: '
       f'{", ".join(sorted({"`%s`" % _name(matting_preseg(r, args)) for r in by_stage["matting"]}) or ["`%s`" % _name(args.preseg_dir)])}.', '',

@@ -332,3 +332,13 @@ def test_test_time_augmentation_averages_logits_over_flips_and_scales(preseg_wor
                              jax.nn.sigmoid(0.5 * (logits(images) + back)), **tol)
   with pytest.raises(ValueError, match='scales'):
     prob(images, scales=())
+
+
+def test_run_sizes_name_the_training_side_when_it_differs():
+  """A run trained at another side than it is evaluated at says both."""
+  import configs.preseg as preseg_configs  # pylint: disable=g-import-not-at-top
+  config = preseg_configs.get_config('tiny')
+  assert report._sizes(config) == f'{config.image_size} px'  # pylint: disable=protected-access
+  config.train_image_size = 16
+  assert report._sizes(config) == (  # pylint: disable=protected-access
+      f'trained at 16 px, evaluated at {config.image_size} px')
