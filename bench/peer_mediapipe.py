@@ -29,7 +29,8 @@ Rows: model_selection 0 ('general', 256x256 input) and 1 ('landscape',
 are the `process` call alone (no PNG decoding), single process, after one
 warm-up image.
 
-Nothing here is written inside the repository except the result table.
+Nothing here is written inside the repository except the result table (a
+--work_dir inside it must be git-ignored, as `make study`'s runs/study/peer is).
 """
 
 import argparse
@@ -37,6 +38,7 @@ import datetime
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -250,6 +252,31 @@ def _table(rows: list[dict], args, info: dict) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def check_work_dir(work_dir: str, repo: str) -> None:
+  """Exits unless `work_dir` is outside the repository `repo` or git-ignored in it.
+
+  The PNGs and masks written there are derived from research-only data and
+  must never be committed: a folder inside the work tree is accepted only where
+  `git check-ignore` says git ignores it (e.g. `runs/study/peer`, where `make
+  study` keeps everything it makes); without git, inside is refused.
+
+  Raises:
+    SystemExit: the message names the folder and the reason.
+  """
+  path = os.path.abspath(work_dir)
+  if not path.startswith(os.path.abspath(repo) + os.sep):
+    return
+  try:
+    ignored = subprocess.run(['git', '-C', repo, 'check-ignore', '-q', '--', path],
+                             capture_output=True, check=False).returncode == 0
+  except OSError:  # No git: cannot tell.
+    ignored = False
+  if not ignored:
+    sys.exit(f'--work_dir {work_dir} is inside the repository and not git-ignored; the photos '
+             'and masks are derived from research-only data and must stay out of git (use a '
+             'folder outside the repository or an ignored one such as runs/).')
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
   parser.add_argument('step', choices=('dump', 'segment', 'score'))
@@ -265,10 +292,7 @@ def main(argv=None) -> None:
   parser.add_argument('--out', default=None,
                       help='result table (default bench/results/peer_mediapipe_<split>.md)')
   args = parser.parse_args(argv)
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  if os.path.abspath(args.work_dir).startswith(repo + os.sep):
-    sys.exit(f'--work_dir {args.work_dir} is inside the repository; the photos and masks '
-             'are derived from research-only data and must stay outside it.')
+  check_work_dir(args.work_dir, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   {'dump': dump, 'segment': segment, 'score': score}[args.step](args)
 
 

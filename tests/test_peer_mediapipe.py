@@ -2,6 +2,8 @@
 `segment` step's output is stood in for by masks made from the ground truth."""
 import json
 import os
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -62,3 +64,16 @@ def test_work_dir_inside_the_repo_is_refused():
   repo = os.path.dirname(os.path.dirname(os.path.abspath(peer_mediapipe.__file__)))
   with pytest.raises(SystemExit, match='inside the repository'):
     peer_mediapipe.main(['dump', '--work_dir', os.path.join(repo, 'tmp_mp')])
+
+
+@pytest.mark.skipif(shutil.which('git') is None, reason='needs git')
+def test_work_dir_inside_the_repo_only_where_git_ignores_it(tmp_path):
+  # `make study` keeps the peer's files in runs/study/peer (git-ignored).
+  repo = tmp_path / 'repo'
+  repo.mkdir()
+  subprocess.run(['git', 'init', '-q', str(repo)], check=True)
+  (repo / '.gitignore').write_text('/runs/\n')
+  peer_mediapipe.check_work_dir(str(repo / 'runs' / 'study' / 'peer'), str(repo))
+  peer_mediapipe.check_work_dir(str(tmp_path / 'elsewhere'), str(repo))
+  with pytest.raises(SystemExit, match='not git-ignored'):
+    peer_mediapipe.check_work_dir(str(repo / 'bench' / 'mp'), str(repo))
