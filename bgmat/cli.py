@@ -184,8 +184,10 @@ def _add_tta_flags(p) -> None:
                  '(2x its cost; README "The study"; --workdir only).')
   p.add_argument('--preseg-scales', type=_scales, default=(1.0,),
                  help='Test-time augmentation of the pre-segmentation: average over the '
-                 'working size times each scale, e.g. 1,1.25,1.5,1.75 (default 1; '
-                 '--workdir only).')
+                 'working size times each scale (default 1; --workdir only); the best set '
+                 'depends on the training side: 0.75,0.875,1 for the study stage 1 trained at '
+                 '192 px, 1,1.25,1.5,1.75 for one trained at the working size (README "The '
+                 'study").')
 
 
 def _tta_options(args) -> dict | None:
