@@ -90,10 +90,13 @@ def base(stage: str) -> ml_collections.ConfigDict:
   # around (people smaller in the frame than the data set shows); flips; with probability
   # use_photo_prob the stored photo as it is, else the composite
   # alpha * fg + (1 - alpha) * bg of the record's fg and bg, whose bg is with
-  # probability recomposite_prob another record's; colour jitter.
+  # probability recomposite_prob another record's; colour jitter; with
+  # probability grayscale_prob the example in black and white (BT.601 luma in
+  # all three channels).
   config.aug = ml_collections.ConfigDict(dict(
       crop_scale=(0.5, 1.0), edge_bias=0.5, flip=True, recomposite_prob=0.5, jitter=0.1,
-      use_photo_prob=0.0, letterbox_prob=0.0, zoom_out_prob=0.0, zoom_out_scale=(0.5, 1.0)))
+      use_photo_prob=0.0, letterbox_prob=0.0, zoom_out_prob=0.0, zoom_out_scale=(0.5, 1.0),
+      grayscale_prob=0.0))
   config.input = ml_collections.ConfigDict(dict(worker_count=0, num_threads=4, prefetch=8))
 
   # Optimisation.

@@ -112,6 +112,17 @@ def _jitter(rgb: np.ndarray, strength: float, rng: np.random.Generator) -> np.nd
   return np.clip(out, 0.0, 1.0)
 
 
+# ITU-R BT.601 luma weights (as PIL's `convert('L')`).
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def to_grayscale(rgb: np.ndarray) -> np.ndarray:
+  """(..., 3) float RGB in [0, 1] -> the same shape, every channel the BT.601
+  luma `0.299 R + 0.587 G + 0.114 B` (a black-and-white photo as 3 channels)."""
+  luma = rgb @ LUMA_WEIGHTS
+  return np.repeat(luma[..., None], 3, axis=-1)
+
+
 def perturb_mask(alpha: np.ndarray, rng: np.random.Generator,
                  max_morph: int = 6, max_blur: float = 3.0,
                  max_holes: int = 3) -> np.ndarray:
@@ -198,6 +209,7 @@ class Augment:
   letterbox_prob: float = 0.0
   zoom_out_prob: float = 0.0
   zoom_out_scale: tuple[float, float] = (0.5, 1.0)
+  grayscale_prob: float = 0.0
 
   def __call__(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
     size = self.image_size
@@ -235,6 +247,10 @@ class Augment:
       image = _jitter(parts['image'].astype(np.float32) / 255.0, self.jitter, rng)
     else:
       image = alpha * fg + (1.0 - alpha) * bg
+    if self.grayscale_prob and rng.random() < self.grayscale_prob:
+      # A black-and-white photo: image, fg and bg alike (image = alpha fg +
+      # (1 - alpha) bg still holds, luma being linear).
+      image, fg, bg = to_grayscale(image), to_grayscale(fg), to_grayscale(bg)
     example = {
         'image': image,
         'alpha': alpha,
@@ -308,7 +324,8 @@ def create_train_dataset(config, *, process_index: int, process_count: int,
               use_photo_prob=config.aug.get('use_photo_prob', 0.0),
               letterbox_prob=config.aug.get('letterbox_prob', 0.0),
               zoom_out_prob=config.aug.get('zoom_out_prob', 0.0),
-              zoom_out_scale=tuple(config.aug.get('zoom_out_scale', (0.5, 1.0)))),
+              zoom_out_scale=tuple(config.aug.get('zoom_out_scale', (0.5, 1.0))),
+              grayscale_prob=config.aug.get('grayscale_prob', 0.0)),
       seed=config.seed + 1)
   # Blocks of P consecutive elements; global batch b is blocks
   # [b * count, (b + 1) * count), so this process takes every count-th block.

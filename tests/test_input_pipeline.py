@@ -187,11 +187,35 @@ def test_augment_defaults_draw_nothing_extra():
   record = _record()
   base = input_pipeline.Augment(source=[record], image_size=16)
   same = input_pipeline.Augment(source=[record], image_size=16, use_photo_prob=0.0,
-                                letterbox_prob=0.0, zoom_out_prob=0.0, zoom_out_scale=(0.1, 0.2))
+                                letterbox_prob=0.0, zoom_out_prob=0.0, zoom_out_scale=(0.1, 0.2),
+                                grayscale_prob=0.0)
   a = base(record, np.random.default_rng(3))
   b = same(record, np.random.default_rng(3))
   for key in a:
     np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_grayscale_is_bt601_luma_and_keeps_the_composite():
+  rgb = np.array([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.2, 0.4, 0.6]]],
+                 np.float32)
+  gray = input_pipeline.to_grayscale(rgb)
+  expected = np.array([0.299, 0.587, 0.114, 0.299 * 0.2 + 0.587 * 0.4 + 0.114 * 0.6])
+  np.testing.assert_allclose(gray, np.repeat(expected[None, :, None], 3, -1), atol=1e-6)
+  record = _record()
+  augment = input_pipeline.Augment(source=[record], image_size=16, recomposite_prob=0.0,
+                                   grayscale_prob=1.0)
+  example = augment(record, np.random.default_rng(0))
+  for key in ('image', 'fg', 'bg'):
+    np.testing.assert_array_equal(example[key][..., 0], example[key][..., 1])
+    np.testing.assert_array_equal(example[key][..., 0], example[key][..., 2])
+  alpha = example['alpha']
+  np.testing.assert_allclose(example['image'],
+                             alpha * example['fg'] + (1 - alpha) * example['bg'], atol=1e-5)
+  # At probability 0.5 some examples of a colour record stay in colour.
+  half = input_pipeline.Augment(source=[record], image_size=16, grayscale_prob=0.5)
+  colour = [np.abs(np.diff(half(record, np.random.default_rng(seed))['image'], axis=-1)).max()
+            > 0 for seed in range(16)]
+  assert 0 < sum(colour) < 16
 
 
 def test_prepare_letterboxes_at_the_photo_aspect():
