@@ -16,11 +16,16 @@ on their values) and random photos:
     CUDA with bf16 autocast).
 
 Both sides compute logits -> sigmoid probability of the whole batch and wait for
-it (`block_until_ready` / `cuda.synchronize`). Time per batch is the median of
-`--repeats` calls after warm-up calls (`--warmup`; compilation happens there:
-XLA's jit on ours, torch.compile's graph capture and autotuning on the peer).
-ours / peer = ours' time / the peer mode's time (lower is better for ours;
-the acceptance bar in issue 13 is <= 0.9 against the best peer mode).
+it (`block_until_ready` / `cuda.synchronize`). Every implementation is first
+warmed up (`--warmup` calls; compilation happens there: XLA's jit on ours,
+torch.compile's graph capture and autotuning on the peer); then `--repeats`
+rounds call each of them once, in an order rotated every round, so that all of
+them see the same load (a shared host's throughput drifts by 20% and more over
+minutes; timed one after the other, they would be compared across minutes).
+Time per batch is an implementation's median over the rounds; ours / peer is
+the median over the rounds of that round's time ratio, with its min-max
+(lower is better for ours; the acceptance bar in issue 13 is <= 0.9 against
+the best peer mode).
 """
 
 import argparse
@@ -40,23 +45,39 @@ from bench import train_step as train_step_bench
 from bgmat import models
 
 
-def _time_calls(call, sync, warmup: int, repeats: int) -> tuple[float, float]:
-  """(first call s, median s per call over `repeats`) of `call` after warm-up."""
+def _warm(call, sync, warmup: int) -> float:
+  """Runs `warmup` untimed calls (compilation happens in the first); returns
+  the first call's seconds."""
   start = time.perf_counter()
   sync(call())
   first = time.perf_counter() - start
   for _ in range(warmup - 1):
     sync(call())
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    sync(call())
-    times.append(time.perf_counter() - start)
-  return first, statistics.median(times)
+  return first
 
 
-def time_ours(config, batch: int, size: int, warmup: int, repeats: int) -> dict:
-  """Time per batch of the jitted eval forward + sigmoid of `config.model`."""
+def time_interleaved(entries: list[dict], repeats: int) -> list[list[float]]:
+  """Seconds per call of every warmed-up entry ({'call', 'sync'}), `repeats`
+  rounds, each entry called once per round, the order rotated every round.
+
+  Interleaving puts every implementation under the same load drift (a shared
+  host's neighbours come and go over minutes): per-round ratios compare calls
+  made seconds apart, where timing one implementation after the other would
+  compare different minutes. Returns times[entry][round].
+  """
+  times = [[] for _ in entries]
+  for r in range(repeats):
+    for k in range(len(entries)):
+      i = (k + r) % len(entries)
+      start = time.perf_counter()
+      entries[i]['sync'](entries[i]['call']())
+      times[i].append(time.perf_counter() - start)
+  return times
+
+
+def prepare_ours(config, batch: int, size: int, warmup: int) -> dict:
+  """The jitted eval forward + sigmoid of `config.model` on a random batch,
+  warmed up: {'call', 'sync', 'first_s', 'params'}."""
   model = models.get_model(config.model.name, **config.model.kwargs.to_dict())
   image = jax.device_put(np.random.default_rng(0).random((batch, size, size, 3), np.float32))
   variables = jax.jit(lambda: model.init(jax.random.key(0), image[:1], train=False))()
@@ -65,16 +86,17 @@ def time_ours(config, batch: int, size: int, warmup: int, repeats: int) -> dict:
   def predict(variables, image):
     return jax.nn.sigmoid(model.apply(variables, image, train=False).astype(jnp.float32))
 
-  first, per_call = _time_calls(lambda: predict(variables, image), jax.block_until_ready,
-                                warmup, repeats)
+  call = lambda: predict(variables, image)
+  first = _warm(call, jax.block_until_ready, warmup)
   params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables['params']))
-  return {'first_s': first, 'batch_s': per_call, 'params': params}
+  return {'call': call, 'sync': jax.block_until_ready, 'first_s': first, 'params': params}
 
 
-def time_peer(arch: str, width: int, *, batch: int, size: int, mode: str, device: str,
-              amp: bool, warmup: int, repeats: int) -> dict:
-  """Time per batch of the smp peer's eval forward + sigmoid; {'error': ...} if
-  the mode fails (torch.compile without a C++ compiler, say)."""
+def prepare_peer(arch: str, width: int, *, batch: int, size: int, mode: str, device: str,
+                 amp: bool, warmup: int) -> dict:
+  """The smp peer's eval forward + sigmoid, warmed up: {'call', 'sync',
+  'first_s'}, or {'error': ...} if the mode fails (torch.compile without a C++
+  compiler, say)."""
   import torch  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
   model = peer_torch.build_peer(arch, width).to(device).eval()
@@ -102,10 +124,18 @@ def time_peer(arch: str, width: int, *, batch: int, size: int, mode: str, device
     return out
 
   try:
-    first, per_call = _time_calls(call, sync, warmup, repeats)
+    first = _warm(call, sync, warmup)
   except Exception as e:  # pylint: disable=broad-except
     return {'error': f'{type(e).__name__}: {str(e).splitlines()[0][:120]}'}
-  return {'first_s': first, 'batch_s': per_call}
+  return {'call': call, 'sync': sync, 'first_s': first}
+
+
+def ratio_summary(ours: list[float], peer: list[float]) -> str:
+  """'median (min-max)' of the per-round time ratios ours / peer."""
+  ratios = [a / b for a, b in zip(ours, peer)]
+  if len(ratios) == 1:
+    return f'{ratios[0]:.3g}'
+  return f'{statistics.median(ratios):.3g} ({min(ratios):.3g}-{max(ratios):.3g})'
 
 
 def run(args) -> list[str]:
@@ -123,8 +153,9 @@ def run(args) -> list[str]:
       f'device: {device.device_kind} ({platform.processor() or platform.machine()}, '
       f'{os.cpu_count()} CPU cores), jax {jax.__version__}, torch {torch.__version__} '
       f'({torch.get_num_threads()} threads), {datetime.date.today().isoformat()}',
-      f'preset {args.preset}, {size} px, {dtype}; median of {args.repeats} calls after '
-      f'{args.warmup} warm-up call(s)', '',
+      f'preset {args.preset}, {size} px, {dtype}; median of {args.repeats} interleaved '
+      f'rounds (every implementation called once per round) after {args.warmup} warm-up '
+      'call(s) each', '',
       '| batch | model | implementation | ms / batch | images/s | first call s | ours / peer '
       '(time) |', '|---|---|---|---|---|---|---|']
   for line in lines:
@@ -141,31 +172,37 @@ def run(args) -> list[str]:
             f'{batch / result["batch_s"]:.2f} | {result["first_s"]:.1f} | {ratio} |')
 
   twin_name = f'DeepLabV3+ {peer_arch}, smp head'
+  improved = preseg.model.name + (' (improved)' if preseg.model.kwargs.get('improved') else '')
   params = {}
   for batch in args.batches:
-    ours = time_ours(preseg, batch, size, args.warmup, args.repeats)
-    mine = time_ours(twin, batch, size, args.warmup, args.repeats)
+    ours = prepare_ours(preseg, batch, size, args.warmup)
+    mine = prepare_ours(twin, batch, size, args.warmup)
     params = {'ours': ours['params'], 'twin': mine['params']}
-    peers = [(mode, time_peer(peer_arch, peer_width, batch=batch, size=size, mode=mode,
-                              device=torch_device, amp=on_gpu and bf16, warmup=args.warmup,
-                              repeats=args.repeats))
+    peers = [(mode, prepare_peer(peer_arch, peer_width, batch=batch, size=size, mode=mode,
+                                 device=torch_device, amp=on_gpu and bf16,
+                                 warmup=args.warmup))
              for mode in args.peer_modes]
-    timed = [r['batch_s'] for _, r in peers if 'batch_s' in r]
-    best = min(timed) if timed else None
-    improved = preseg.model.name + (' (improved)' if preseg.model.kwargs.get('improved')
-                                    else '')
+    timed = [ours, mine] + [r for _, r in peers if 'error' not in r]
+    times = time_interleaved(timed, args.repeats)
+    for entry, entry_times in zip(timed, times):
+      entry['times'] = entry_times
+      entry['batch_s'] = statistics.median(entry_times)
+    ok = [r for _, r in peers if 'error' not in r]
+    best = min(ok, key=lambda r: r['batch_s']) if ok else None
     emit(row(batch, improved, 'bgmat JAX', ours,
-             f'{ours["batch_s"] / best:.3g} (vs best peer)' if best else ''))
+             f'{ratio_summary(ours["times"], best["times"])} (vs best peer)' if best else ''))
     emit(row(batch, twin_name, 'bgmat JAX', mine,
-             f'{mine["batch_s"] / best:.3g} (vs best peer)' if best else ''))
+             f'{ratio_summary(mine["times"], best["times"])} (vs best peer)' if best else ''))
     for mode, result in peers:
       label = f'PyTorch smp, {mode}' + (' + AMP bf16' if on_gpu and bf16 else '')
-      ratio = f'{mine["batch_s"] / result["batch_s"]:.3g}' if 'batch_s' in result else ''
+      ratio = ratio_summary(mine['times'], result['times']) if 'times' in result else ''
       emit(row(batch, twin_name, label, result, ratio))
+    del ours, mine, peers, timed
   emit('')
   emit(f'Parameters: {preseg.model.name} {params.get("ours", 0):,}; smp-head twin '
        f'{params.get("twin", 0):,} (= the peer\'s). Ratios per row: the twin\'s time / that '
-       'peer mode\'s time; the first two rows against the best peer mode.')
+       'peer mode\'s time, the median over the interleaved rounds (min-max); the first '
+       'two rows against the best peer mode (lowest median time).')
   if os.path.exists('/proc/loadavg'):
     emit('Load average at the end (1/5/15 min): '
          + ' '.join(open('/proc/loadavg').read().split()[:3]))

@@ -84,6 +84,19 @@ def test_preseg_infer_bench_tiny_with_peer(tmp_path, capsys):
   assert out.read_text().startswith('`python -m bench.preseg_infer --preset tiny')
 
 
+def test_preseg_infer_interleaves_and_summarises_round_ratios():
+  from bench import preseg_infer  # pylint: disable=g-import-not-at-top
+  order = []
+  entries = [{'call': lambda name=name: order.append(name), 'sync': lambda out: out}
+             for name in 'abc']
+  times = preseg_infer.time_interleaved(entries, repeats=3)
+  assert [len(t) for t in times] == [3, 3, 3]
+  # Every round calls each entry once, starting one further on each round.
+  assert order == list('abc') + list('bca') + list('cab')
+  assert preseg_infer.ratio_summary([1.0, 2.0, 3.0], [2.0, 2.0, 2.0]) == '1 (0.5-1.5)'
+  assert preseg_infer.ratio_summary([1.0], [4.0]) == '0.25'
+
+
 def test_grad_breakdown_adds_up_to_the_dim_grad():
   from bench import matting_grad_breakdown
   from bgmat import metrics
