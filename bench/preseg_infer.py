@@ -182,12 +182,12 @@ def run(args) -> list[str]:
                                  device=torch_device, amp=on_gpu and bf16,
                                  warmup=args.warmup))
              for mode in args.peer_modes]
-    timed = [ours, mine] + [r for _, r in peers if 'error' not in r]
+    ok = [r for _, r in peers if 'error' not in r]
+    timed = [ours, mine] + ok
     times = time_interleaved(timed, args.repeats)
     for entry, entry_times in zip(timed, times):
       entry['times'] = entry_times
       entry['batch_s'] = statistics.median(entry_times)
-    ok = [r for _, r in peers if 'error' not in r]
     best = min(ok, key=lambda r: r['batch_s']) if ok else None
     emit(row(batch, improved, 'bgmat JAX', ours,
              f'{ratio_summary(ours["times"], best["times"])} (vs best peer)' if best else ''))
