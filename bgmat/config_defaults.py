@@ -97,6 +97,12 @@ def base(stage: str) -> ml_collections.ConfigDict:
       crop_scale=(0.5, 1.0), edge_bias=0.5, flip=True, recomposite_prob=0.5, jitter=0.1,
       use_photo_prob=0.0, letterbox_prob=0.0, zoom_out_prob=0.0, zoom_out_scale=(0.5, 1.0),
       grayscale_prob=0.0))
+  # A second training source mixed in at a fixed share of the examples (0: off,
+  # the default keeps every config's stream; 1: only it), augmented as above
+  # with its own seeds: `split` of `dataset` ('' : config.dataset). E.g. real
+  # photos (config.dataset) with their auto-labelled composites onto other
+  # real backgrounds (`matting_sets/portraits_study`, split train).
+  config.train_mix = ml_collections.ConfigDict(dict(dataset='', split='train', share=0.0))
   config.input = ml_collections.ConfigDict(dict(worker_count=0, num_threads=4, prefetch=8))
 
   # Optimisation.

@@ -302,20 +302,12 @@ def train_image_size(config) -> int:
   return size or int(config.image_size)
 
 
-def create_train_dataset(config, *, process_index: int, process_count: int,
-                         per_process_batch: int) -> grain.IterDataset:
-  """Infinite, shuffled, augmented training data: this process's rows of each
-  global batch, (per_process_batch, ...) arrays.
-
-  `process_index` is the block of rows this process feeds in the global batch
-  (see `sharding.process_batch_block`; the process index on usual meshes).
-  """
-  if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index {process_index} not in [0, {process_count})')
-  source = open_source(config.dataset, config.train_split, config.data_dir)
-  dataset = grain.MapDataset.source(source)
-  dataset = dataset.shuffle(seed=config.seed).repeat()
-  dataset = dataset.random_map(
+def _augmented_source(config, dataset: str, split: str, seed: int) -> grain.MapDataset:
+  """`split` of `dataset` shuffled with `seed`, repeated and augmented
+  (`Augment` with config's fields, seeded `seed + 1`)."""
+  source = open_source(dataset, split, config.data_dir)
+  mapped = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
+  return mapped.random_map(
       Augment(source=source, image_size=train_image_size(config),
               crop_scale=tuple(config.aug.crop_scale), edge_bias=config.aug.edge_bias,
               flip=config.aug.flip, recomposite_prob=config.aug.recomposite_prob,
@@ -326,7 +318,32 @@ def create_train_dataset(config, *, process_index: int, process_count: int,
               zoom_out_prob=config.aug.get('zoom_out_prob', 0.0),
               zoom_out_scale=tuple(config.aug.get('zoom_out_scale', (0.5, 1.0))),
               grayscale_prob=config.aug.get('grayscale_prob', 0.0)),
-      seed=config.seed + 1)
+      seed=seed + 1)
+
+
+def create_train_dataset(config, *, process_index: int, process_count: int,
+                         per_process_batch: int) -> grain.IterDataset:
+  """Infinite, shuffled, augmented training data: this process's rows of each
+  global batch, (per_process_batch, ...) arrays.
+
+  `process_index` is the block of rows this process feeds in the global batch
+  (see `sharding.process_batch_block`; the process index on usual meshes).
+  """
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index {process_index} not in [0, {process_count})')
+  dataset = _augmented_source(config, config.dataset, config.train_split, config.seed)
+  mix = config.get('train_mix', None)
+  share = float(mix.share) if mix is not None else 0.0
+  if not 0.0 <= share <= 1.0:
+    raise ValueError(f'train_mix.share must be in [0, 1], got {share}')
+  if share > 0.0:
+    # A second data set (or split) mixed in at a fixed share of the examples,
+    # augmented alike; its shuffle and augmentation seeds are its own, so the
+    # main data set's examples stay those of an unmixed run, interleaved.
+    other = _augmented_source(config, mix.dataset or config.dataset, mix.split,
+                              config.seed + 1_000_003)
+    dataset = other if share == 1.0 else grain.MapDataset.mix(
+        [dataset, other], weights=[1.0 - share, share])
   # Blocks of P consecutive elements; global batch b is blocks
   # [b * count, (b + 1) * count), so this process takes every count-th block.
   # Both steps are lazy index arithmetic: other processes' rows are never read.

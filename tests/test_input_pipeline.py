@@ -253,3 +253,51 @@ def test_zoom_out_places_a_smaller_letterbox_and_keeps_labels_aligned():
     rows = np.nonzero(example['alpha'][..., 0].max(axis=1) == 1.0)[0]
     sizes.add(len(rows))
   assert min(sizes) < max(sizes) and max(sizes) <= 0.75 * 32 * 20 / 40 + 1
+
+
+def test_train_mix_draws_its_share_from_the_second_source(tiny_data):
+  """train_mix.share of the examples come from the second source (here the
+  validation split), the rest from config.dataset's train split; off by
+  default; resumable; a share outside [0, 1] is refused."""
+  config = _config(tiny_data)
+  config.aug.letterbox_prob, config.aug.flip = 1.0, False  # alpha = the record's, letterboxed
+  size = input_pipeline.train_image_size(config)
+
+  def letterboxed(split):
+    source = input_pipeline.open_source(config.dataset, split, config.data_dir)
+    return [input_pipeline.letterbox(source[i]['alpha'], size)[0].astype(np.float32) / 255.0
+            for i in range(len(source))]
+
+  known = {'train': letterboxed('train'), 'validation': letterboxed('validation')}
+
+  def origins(share, batches=6):
+    config.train_mix.split, config.train_mix.share = 'validation', share
+    iterator = iter(input_pipeline.create_train_dataset(
+        config, process_index=0, process_count=1, per_process_batch=4))
+    found = []
+    for batch in _take(iterator, batches):
+      for alpha in batch['alpha']:
+        hits = [split for split, alphas in known.items()
+                if any(np.array_equal(alpha, a) for a in alphas)]
+        assert len(hits) == 1, hits
+        found.append(hits[0])
+    return found
+
+  assert config.train_mix.share == 0.0
+  assert set(origins(0.0)) == {'train'}
+  assert set(origins(1.0)) == {'validation'}
+  half = origins(0.5)
+  assert half.count('validation') == half.count('train') == 12
+  iterator = iter(input_pipeline.create_train_dataset(
+      config, process_index=0, process_count=1, per_process_batch=4))
+  _take(iterator, 2)
+  state = iterator.get_state()
+  expected = _take(iterator, 2)
+  fresh = iter(input_pipeline.create_train_dataset(
+      config, process_index=0, process_count=1, per_process_batch=4))
+  fresh.set_state(state)
+  _assert_batches_equal(expected, _take(fresh, 2))
+  config.train_mix.share = 1.5
+  with pytest.raises(ValueError, match='train_mix.share'):
+    input_pipeline.create_train_dataset(config, process_index=0, process_count=1,
+                                        per_process_batch=4)
