@@ -116,18 +116,21 @@ def test_eval_batches_do_not_depend_on_process_count(tiny_data):
           batch[key], np.concatenate([parts[0][b][key], parts[1][b][key]]), err_msg=key)
 
 
-def test_exact_resume_from_iterator_state(tiny_data):
-  config = _config(tiny_data)
-  dataset = input_pipeline.create_train_dataset(
-      config, process_index=0, process_count=1, per_process_batch=4)
-  iterator = iter(dataset)
+def _assert_resumes_exactly(config, count=3):
+  """A fresh iterator given the state after 2 batches yields the next ones."""
+  iterator = iter(input_pipeline.create_train_dataset(
+      config, process_index=0, process_count=1, per_process_batch=4))
   _take(iterator, 2)
   state = iterator.get_state()
-  expected = _take(iterator, 3)
+  expected = _take(iterator, count)
   fresh = iter(input_pipeline.create_train_dataset(
       config, process_index=0, process_count=1, per_process_batch=4))
   fresh.set_state(state)
-  _assert_batches_equal(expected, _take(fresh, 3))
+  _assert_batches_equal(expected, _take(fresh, count))
+
+
+def test_exact_resume_from_iterator_state(tiny_data):
+  _assert_resumes_exactly(_config(tiny_data))
 
 
 def test_eval_batches_pad_to_equal_counts(tiny_data):
@@ -288,15 +291,7 @@ def test_train_mix_draws_its_share_from_the_second_source(tiny_data):
   assert set(origins(1.0)) == {'validation'}
   half = origins(0.5)
   assert half.count('validation') == half.count('train') == 12
-  iterator = iter(input_pipeline.create_train_dataset(
-      config, process_index=0, process_count=1, per_process_batch=4))
-  _take(iterator, 2)
-  state = iterator.get_state()
-  expected = _take(iterator, 2)
-  fresh = iter(input_pipeline.create_train_dataset(
-      config, process_index=0, process_count=1, per_process_batch=4))
-  fresh.set_state(state)
-  _assert_batches_equal(expected, _take(fresh, 2))
+  _assert_resumes_exactly(config, count=2)
   config.train_mix.share = 1.5
   with pytest.raises(ValueError, match='train_mix.share'):
     input_pipeline.create_train_dataset(config, process_index=0, process_count=1,
