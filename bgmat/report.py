@@ -15,7 +15,9 @@ Reads each workdir (config.json, metrics.jsonl, the weights through
 
   * Segmentation table (--seg_dataset, --seg_split, default validation): IoU
     and boundary F of alpha >= 0.5 for each preseg run and each matting run's
-    alpha, plus peer rows read from --peer_table (`report_stats.read_peer_table`).
+    alpha, plus peer rows read from --peer_table (`report_stats.read_peer_table`);
+    with --tta_flip / --tta_scales, extra rows: each stage-1 run with test-time
+    augmentation and each matting run on that augmented prior.
   * Matting table (the matting runs' data set, --split, default test): the
     DIM metrics whole image and in the ground-truth trimap's unknown band, IoU,
     boundary F, for every run; the pre-segmentation used as alpha; closed-form
@@ -176,18 +178,22 @@ def segmentation_rows(runs: list[Run], args, log=print) -> list[dict]:
   dataset = seg_dataset(runs, args)
   # (run, make the predictor, method): every run as trained; then, with
   # test-time augmentation asked for (`runs.preseg_probability`), each stage-1
-  # run again after the plain rows, so the claims keep comparing the plain ones.
-  # A run's weights load when its rows are evaluated, one run at a time.
-  def plain(run):
-    preseg = matting_preseg(run, args) if run.config.stage == 'matting' else None
-    return _predictor(run, runs_lib.preseg_prob_fn(preseg) if preseg else None)
+  # run again after the plain rows, and each matting run on its stage 1's
+  # augmented prior (what `bgmat remove --preseg-flip --preseg-scales` runs),
+  # so the claims keep comparing the plain ones. A run's weights load when its
+  # rows are evaluated, one run at a time.
+  def predictor(run, **tta):
+    if run.config.stage == 'preseg':
+      return runs_lib.preseg_prob_fn(run.workdir, **tta)
+    return _predictor(run, runs_lib.preseg_prob_fn(matting_preseg(run, args), **tta))
 
-  jobs = [(run, functools.partial(plain, run), run.label) for run in runs]
+  jobs = [(run, functools.partial(predictor, run), run.label) for run in runs]
   if args.tta_flip or tuple(args.tta_scales) != (1.0,):
     label = tta_label(args.tta_flip, args.tta_scales)
-    jobs += [(run, functools.partial(runs_lib.preseg_prob_fn, run.workdir, flip=args.tta_flip,
-                                     scales=args.tta_scales), f'{run.label}, {label}')
-             for run in runs if run.config.stage == 'preseg']
+    tta = dict(flip=args.tta_flip, scales=args.tta_scales)
+    for stage, suffix in (('preseg', label), ('matting', f'stage 1 with {label}')):
+      jobs += [(run, functools.partial(predictor, run, **tta), f'{run.label}, {suffix}')
+               for run in runs if run.config.stage == stage]
   rows = []
   for run, make_predict, method in jobs:
     config = _eval_config(run.config, args, dataset)
@@ -564,7 +570,8 @@ def parse_args(argv):
                       help='peer segmentation results: .json or markdown (report_stats)')
   parser.add_argument('--tta_flip', action='store_true',
                       help='segmentation table: also each stage-1 run with test-time flip '
-                      'averaging (extra rows; the claims compare the plain rows)')
+                      'averaging, and each matting run on that prior (extra rows; the claims '
+                      'compare the plain rows)')
   parser.add_argument('--tta_scales', type=float, nargs='+', default=[1.0],
                       help='segmentation table: also each stage-1 run with its logits averaged '
                       'over these input scales (with --tta_flip: and their mirrors)')

@@ -102,10 +102,12 @@ def test_report_from_tiny_runs(tiny_runs, tiny_data, tmp_path):
   # Segmentation table: every run, IoU and boundary F in [0, 1], the peer row.
   seg = summary['segmentation']
   assert [r['run'] for r in seg] == ['preseg_original', 'preseg', 'matting', 'matting_s1',
-                                      'preseg_original', 'preseg']
+                                      'preseg_original', 'preseg', 'matting', 'matting_s1']
   assert [r['method'] for r in seg[4:]] == [
       'DeepLabV3+ original, test-time flip, scales 1/1.5',
-      'DeepLabV3+ improved, test-time flip, scales 1/1.5']
+      'DeepLabV3+ improved, test-time flip, scales 1/1.5',
+      'matting, adversarial (weight 0.05), stage 1 with test-time flip, scales 1/1.5',
+      'matting, adversarial (weight 0.05), stage 1 with test-time flip, scales 1/1.5']
   for row in seg:
     assert 0 <= row['iou'] <= 1 and 0 <= row['boundary_f'] <= 1 and row['split'] == 'validation'
   assert '| MediaPipe selfie (peer, peer.json) | - | validation | 4 | 0.5 | 0.25 |' in text
