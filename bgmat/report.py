@@ -26,7 +26,8 @@ Reads each workdir (config.json, metrics.jsonl, the weights through
     the letterboxed example (`metrics.region_eval_metrics`).
   * alphamatting.com (--alphamatting DIR): matting stage with a prior made from
     each trimap vs closed-form with that trimap (`report_extras`).
-  * Cut-outs (--cutouts): the held-out astronaut and Grace Hopper, every seed of the method.
+  * Cut-outs (--cutouts): the held-out astronaut and Grace Hopper, every seed of the method
+    (with --tta_flip / --tta_scales, each seed again on the augmented prior).
 
 Runs with the same label (DeepLabV3+ improved / original; matting adversarial
 / no adversarial) are seeds: the tables add a mean ± spread row per variant
@@ -505,7 +506,7 @@ def write_report(runs, rows, seg_rows, peers, alpha_rows, cutouts, curves, sampl
     lines += ['## Cut-outs of held-out photos', '',
               'scikit-image\'s astronaut and matplotlib\'s Grace Hopper (never used for '
               'training or tuning), `bgmat.Remover.from_workdir` (as `bgmat remove`); columns: '
-              'input, ' + ', '.join(f'`{label}`' for label, _ in args.cutout_runs) +
+              'input, ' + ', '.join(f'`{entry[0]}`' for entry in args.cutout_runs) +
               ', on a checkerboard.', '']
     lines += [f'![{photo}]({os.path.basename(path)})' for photo, path in cutouts] + ['']
   lines += ['## Training curves', '']
@@ -629,6 +630,11 @@ def main(argv=None) -> str:
       raise ValueError('--cutouts needs a matting run in --workdirs')
     # Every seed of the method: a failure one seed shows and another does not is seed noise.
     args.cutout_runs = [(r.name, r.workdir) for r in method_runs]
+    if args.tta_flip or tuple(args.tta_scales) != (1.0,):
+      # The same seeds again on the stage 1's test-time-augmented prior.
+      tta = dict(preseg_flip=args.tta_flip, preseg_scales=tuple(args.tta_scales))
+      args.cutout_runs += [(f'{r.name}, stage 1 with {tta_label(args.tta_flip, args.tta_scales)}',
+                            r.workdir, tta) for r in method_runs]
     if args.compare_workdir:
       args.cutout_runs.append((_name(args.compare_workdir), args.compare_workdir))
     cutouts = report_extras.render_cutouts(args.cutout_runs, out_dir)

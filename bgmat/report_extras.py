@@ -219,15 +219,18 @@ def side_by_side(panels: list[np.ndarray], axis: int = 1, gap: int = 2) -> np.nd
   return np.concatenate([p for panel in panels for p in (panel, white)][:-1], axis=axis)
 
 
-def render_cutouts(workdirs: list[tuple[str, str]], out_dir: str, height: int = 256,
+def render_cutouts(workdirs: list[tuple], out_dir: str, height: int = 256,
                    log=print) -> list[tuple[str, str]]:
   """For each demo photo: input | cut-out of each (label, matting workdir), side by side.
 
+  An entry may carry a third element, keyword arguments of
+  `Remover.from_workdir` (e.g. preseg_flip=True, preseg_scales=(0.75, 1)).
   Writes OUT_DIR/cutout_<photo>.png atomically (uint8 RGB, `height` px tall,
   2 px white gaps); returns [(photo, path)]. The column order is `workdirs`'.
   """
   from bgmat.inference import remover as remover_lib  # pylint: disable=g-import-not-at-top
-  removers = [remover_lib.Remover.from_workdir(w) for _, w in workdirs]
+  removers = [remover_lib.Remover.from_workdir(entry[1], **(entry[2] if len(entry) > 2 else {}))
+              for entry in workdirs]
   written = []
   for photo, image in demo_photos().items():
     panels = [np.asarray(Image.fromarray(image).resize(

@@ -123,8 +123,10 @@ def test_report_from_tiny_runs(tiny_runs, tiny_data, tmp_path):
   assert 'not tested (a run is missing)' in text  # no noadv run given
   assert 'CPU' in text or 'cores (os.cpu_count)' in text
   # Cut-outs: input | each seed of the method (256 px tall, 2 px gaps).
-  assert 'input, `matting`, `matting_s1`' in text
-  assert Image.open(out / 'cutout_astronaut.png').size == (3 * 256 + 2 * 2, 256)
+  # ... and again on the test-time-augmented prior.
+  assert ('input, `matting`, `matting_s1`, `matting, stage 1 with test-time flip, scales '
+          '1/1.5`, `matting_s1, stage 1 with test-time flip, scales 1/1.5`') in text
+  assert Image.open(out / 'cutout_astronaut.png').size == (5 * 256 + 4 * 2, 256)
   for name in ('curves_preseg.png', 'curves_matting.png', 'samples.png'):
     assert os.path.getsize(out / name) > 1000
 
