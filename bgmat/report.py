@@ -189,9 +189,9 @@ def segmentation_rows(runs: list[Run], args, log=print) -> list[dict]:
     return _predictor(run, runs_lib.preseg_prob_fn(matting_preseg(run, args), **tta))
 
   jobs = [(run, functools.partial(predictor, run), run.label) for run in runs]
-  if args.tta_flip or tuple(args.tta_scales) != (1.0,):
-    label = tta_label(args.tta_flip, args.tta_scales)
-    tta = dict(flip=args.tta_flip, scales=args.tta_scales)
+  tta = tta_asked(args)
+  if tta:
+    label = tta_label(**tta)
     for stage, suffix in (('preseg', label), ('matting', f'stage 1 with {label}')):
       jobs += [(run, functools.partial(predictor, run, **tta), f'{run.label}, {suffix}')
                for run in runs if run.config.stage == stage]
@@ -202,6 +202,14 @@ def segmentation_rows(runs: list[Run], args, log=print) -> list[dict]:
                      **_evaluate(config, make_predict(), args.seg_split, which=())))
     log(f'segmentation {run.name}' + method[len(run.label):])
   return rows
+
+
+def tta_asked(args) -> dict:
+  """{flip, scales} of `runs.preseg_probability` from --tta_flip / --tta_scales;
+  {} when neither asks for test-time augmentation."""
+  if not args.tta_flip and tuple(args.tta_scales) == (1.0,):
+    return {}
+  return dict(flip=args.tta_flip, scales=tuple(args.tta_scales))
 
 
 def tta_label(flip: bool, scales) -> str:
@@ -630,11 +638,12 @@ def main(argv=None) -> str:
       raise ValueError('--cutouts needs a matting run in --workdirs')
     # Every seed of the method: a failure one seed shows and another does not is seed noise.
     args.cutout_runs = [(r.name, r.workdir) for r in method_runs]
-    if args.tta_flip or tuple(args.tta_scales) != (1.0,):
+    tta = tta_asked(args)
+    if tta:
       # The same seeds again on the stage 1's test-time-augmented prior.
-      tta = dict(preseg_flip=args.tta_flip, preseg_scales=tuple(args.tta_scales))
-      args.cutout_runs += [(f'{r.name}, stage 1 with {tta_label(args.tta_flip, args.tta_scales)}',
-                            r.workdir, tta) for r in method_runs]
+      kwargs = dict(preseg_flip=tta['flip'], preseg_scales=tta['scales'])
+      args.cutout_runs += [(f'{r.name}, stage 1 with {tta_label(**tta)}', r.workdir, kwargs)
+                           for r in method_runs]
     if args.compare_workdir:
       args.cutout_runs.append((_name(args.compare_workdir), args.compare_workdir))
     cutouts = report_extras.render_cutouts(args.cutout_runs, out_dir)
