@@ -220,6 +220,8 @@ deeplabv3plus_tiny_improved = functools.partial(DeepLabV3Plus, improved=True, **
 deeplabv3plus_small = functools.partial(DeepLabV3Plus, **_SMALL)
 deeplabv3plus_small_wide = functools.partial(
     DeepLabV3Plus, **{**_SMALL, 'backbone': 'xception_small_wide', 'aspp_channels': 128})
+deeplabv3plus_small_deep = functools.partial(
+    DeepLabV3Plus, **{**_SMALL, 'backbone': 'xception_small_deep', 'aspp_channels': 128})
 
 PRESETS = {
     'deeplabv3plus_xception65': deeplabv3plus_xception65,
@@ -231,4 +233,5 @@ PRESETS = {
     'deeplabv3plus_tiny_improved': deeplabv3plus_tiny_improved,
     'deeplabv3plus_small': deeplabv3plus_small,
     'deeplabv3plus_small_wide': deeplabv3plus_small_wide,
+    'deeplabv3plus_small_deep': deeplabv3plus_small_deep,
 }

@@ -36,6 +36,7 @@ PRESET_PARAM_COUNTS = {
     'deeplabv3plus_tiny_improved': 184_369,
     'deeplabv3plus_small': 942_765,
     'deeplabv3plus_small_wide': 2_922_573,
+    'deeplabv3plus_small_deep': 3_955_533,
 }
 
 
