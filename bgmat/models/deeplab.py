@@ -208,6 +208,7 @@ _TINY = dict(backbone='xception_tiny', aspp_channels=32, decoder_channels=32,
              low_level_channels=16, skip8_channels=16)
 _SMALL = dict(backbone='xception_small', aspp_channels=96, decoder_channels=64,
               low_level_channels=24, skip8_channels=24)
+_SMALL_WIDE = dict(_SMALL, aspp_channels=128)  # Its heads (backbone set per preset).
 
 deeplabv3plus_xception65 = functools.partial(DeepLabV3Plus, backbone='xception65')
 deeplabv3plus_xception65_improved = functools.partial(
@@ -219,9 +220,9 @@ deeplabv3plus_tiny = functools.partial(DeepLabV3Plus, **_TINY)
 deeplabv3plus_tiny_improved = functools.partial(DeepLabV3Plus, improved=True, **_TINY)
 deeplabv3plus_small = functools.partial(DeepLabV3Plus, **_SMALL)
 deeplabv3plus_small_wide = functools.partial(
-    DeepLabV3Plus, **{**_SMALL, 'backbone': 'xception_small_wide', 'aspp_channels': 128})
+    DeepLabV3Plus, **{**_SMALL_WIDE, 'backbone': 'xception_small_wide'})
 deeplabv3plus_small_deep = functools.partial(
-    DeepLabV3Plus, **{**_SMALL, 'backbone': 'xception_small_deep', 'aspp_channels': 128})
+    DeepLabV3Plus, **{**_SMALL_WIDE, 'backbone': 'xception_small_deep'})
 
 PRESETS = {
     'deeplabv3plus_xception65': deeplabv3plus_xception65,

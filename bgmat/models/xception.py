@@ -99,22 +99,25 @@ XCEPTION_SMALL_BLOCKS = (
     *([_blk(128, 128, 1)] * 6),
     *_exit_flow(128, (128, 192, 192), (256, 256, 320)))
 
+
+def _small_wide_blocks(middle_blocks: int):
+  """`xception_small`'s entry flow to stride 16, then 256 channels there
+  (`middle_blocks` middle blocks) and an exit flow up to 512."""
+  return (_blk(24, 32, 2), _blk(32, 64, 2), _blk(64, 128, 2), _blk(128, 256, 1),
+          *([_blk(256, 256, 1)] * middle_blocks),
+          *_exit_flow(256, (256, 384, 384), (512, 512, 512)))
+
+
 # Wider from stride 16 on than `xception_small` (the 16x16 map at 256 px,
 # where width is cheap): middle 256, exit up to 512.
-XCEPTION_SMALL_WIDE_BLOCKS = (
-    _blk(24, 32, 2), _blk(32, 64, 2), _blk(64, 128, 2), _blk(128, 256, 1),
-    *([_blk(256, 256, 1)] * 5),
-    *_exit_flow(256, (256, 384, 384), (512, 512, 512)))
+XCEPTION_SMALL_WIDE_BLOCKS = _small_wide_blocks(5)
 
 # `xception_small_wide` with 10 middle blocks instead of 5 (Xception-65 has
 # 16): more depth where the map is smallest (12x12 for a 192 px example), for
 # what a from-scratch encoder gets wrong on real portraits (what is a person),
 # at little compute. At the study's 3000 steps it did not help (validation IoU
 # 0.920 vs 0.926, one seed; bench/results/preseg_wide_cpu.md).
-XCEPTION_SMALL_DEEP_BLOCKS = (
-    _blk(24, 32, 2), _blk(32, 64, 2), _blk(64, 128, 2), _blk(128, 256, 1),
-    *([_blk(256, 256, 1)] * 10),
-    *_exit_flow(256, (256, 384, 384), (512, 512, 512)))
+XCEPTION_SMALL_DEEP_BLOCKS = _small_wide_blocks(10)
 
 ARCH_CONFIGS = {
     'xception41': dict(block_cfg=XCEPTION41_BLOCKS, stem_chs=(32, 64)),
