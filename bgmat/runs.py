@@ -5,8 +5,8 @@ A run's workdir holds `config.json` and `checkpoints/` (`bgmat.main`). This
 module imports no training code (no optax, grain or clu): only the models and
 the checkpoint reader.
 
-The rule for which weights a run is used with (`eval_variables`): a matting run
-with `config.eval_ema` uses its exponential moving averages of the parameters
+The rule for which weights a run is used with (`eval_variables`): a run (matting,
+or pre-segmentation trained with `config.ema_decay`) with `config.eval_ema` uses its exponential moving averages of the parameters
 AND of the BatchNorm statistics (`ema_params`, `ema_batch_stats`, both
 bias-corrected, see `stages.ema_update`); everything else uses the live
 parameters and statistics.
@@ -82,7 +82,7 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 
 def eval_variables(state: dict[str, Any], config) -> dict[str, Any]:
   """{'params', 'batch_stats'} a run is evaluated and used with (module doc)."""
-  if config.stage == 'matting' and config.get('eval_ema', False) and 'ema_params' in state:
+  if config.get('eval_ema', False) and 'ema_params' in state:
     return {'params': state['ema_params'],
             'batch_stats': state.get('ema_batch_stats', state['batch_stats'])}
   return {'params': state['params'], 'batch_stats': state['batch_stats']}

@@ -62,7 +62,8 @@ class TrainState:
     opt_state: its optax state.
     skipped_steps: int32 scalar, steps whose update was dropped
       (config.nonfinite == 'skip').
-    ema_params, ema_batch_stats: matting only (else None): bias-corrected
+    ema_params, ema_batch_stats: matting, and pre-segmentation with
+      `config.ema_decay` > 0 (else None): bias-corrected
       moving averages of the parameters and of the BatchNorm statistics
       (`ema_update`); the averaged weights are evaluated with statistics
       averaged alike.
@@ -187,7 +188,11 @@ class PresegStage(Stage):
     image, _ = self._dummy_inputs()
     model_rng, _ = jax.random.split(rng)
     variables = self.model.init({'params': model_rng, 'dropout': model_rng}, image, train=False)
-    return _new_state(variables, self.tx)
+    state = _new_state(variables, self.tx)
+    if self.config.get('ema_decay', 0.0):
+      state = state.replace(ema_params=variables['params'],
+                            ema_batch_stats=variables.get('batch_stats', {}))
+    return state
 
   def step(self, state, batch, rng, frozen):
     """One update. batch: image (N,H,W,3), alpha (N,H,W,1); `frozen` unused."""
@@ -201,7 +206,8 @@ class PresegStage(Stage):
           train=True, mutable=['batch_stats'], rngs={'dropout': rng})
       logits = logits.astype(jnp.float32)  # Losses in float32 whatever config.dtype.
       loss = losses.seg_loss(logits, batch['alpha'], bce_weight=config.loss.bce,
-                             dice_weight=config.loss.dice)
+                             dice_weight=config.loss.dice,
+                             lovasz_weight=config.loss.get('lovasz', 0.0))
       return loss, (updates['batch_stats'], logits)
 
     (loss, (batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -211,8 +217,14 @@ class PresegStage(Stage):
     pred = logits > 0
     target = batch['alpha'] >= 0.5
     iou = jnp.sum(pred & target) / jnp.maximum(jnp.sum(pred | target), 1)
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+    number = state.step + 1
+    new_state = state.replace(step=number, params=params, batch_stats=batch_stats,
                               opt_state=opt_state)
+    if state.ema_params is not None:
+      new_state = new_state.replace(
+          ema_params=ema_update(state.ema_params, params, number, config.ema_decay),
+          ema_batch_stats=ema_update(state.ema_batch_stats, batch_stats, number,
+                                     config.ema_decay))
     return new_state, {'loss': loss, 'train_iou': iou, 'grad_norm': optax.tree.norm(grads)}
 
   def predict(self, variables, frozen, batch):

@@ -23,7 +23,12 @@ def get_config(arg: str = 'demo'):
   config = config_defaults.base('preseg')
   improved = 'original' not in options
   config.model = dict(name='deeplabv3plus_tiny', kwargs=dict(improved=improved))
-  config.loss = dict(bce=1.0, dice=0.5)
+  # lovasz: the Lovasz hinge (losses.lovasz_hinge_loss), an IoU surrogate.
+  config.loss = dict(bce=1.0, dice=0.5, lovasz=0.0)
+  # > 0: keep a bias-corrected moving average of the parameters and BatchNorm
+  # statistics (stages.ema_update); eval_ema: evaluate and use it.
+  config.ema_decay = 0.0
+  config.eval_ema = False
   config.init_from = ''
 
   if size == 'demo':

@@ -214,3 +214,29 @@ def test_all_losses_jit_and_have_finite_grads():
     value, grad = jax.jit(jax.value_and_grad(fn))(arg)
     assert value.shape == () and bool(jnp.isfinite(value))
     assert bool(jnp.all(jnp.isfinite(grad))) and float(jnp.abs(grad).sum()) > 0
+
+
+def test_lovasz_hinge_is_the_jaccard_loss_at_binary_errors():
+  """At hinge errors in {0, 1} the Lovasz extension equals the set function:
+  logits = y (+-1, error 0) or 0 (error 1, a miss) give 1 - IoU of the
+  prediction with the misses flipped, |M| / |G u M| (Berman et al. 2018)."""
+  rng = np.random.default_rng(0)
+  target = (rng.random((3, 6, 5, 1)) > 0.6).astype(np.float32)
+  missed = rng.random((3, 6, 5, 1)) > 0.7
+  signs = 2.0 * target - 1.0
+  logits = np.where(missed, 0.0, signs).astype(np.float32)
+  got = float(losses.lovasz_hinge_loss(jnp.asarray(logits), jnp.asarray(target)))
+  g, m = target.reshape(3, -1) > 0.5, missed.reshape(3, -1)
+  expected = np.mean(m.sum(1) / np.maximum((g | m).sum(1), 1))
+  np.testing.assert_allclose(got, expected, rtol=1e-6)
+  # Every pixel on its side with margin >= 1: zero loss.
+  assert float(losses.lovasz_hinge_loss(jnp.asarray(3.0 * signs), jnp.asarray(target))) == 0.0
+
+
+def test_lovasz_hinge_gradient_lowers_the_loss():
+  rng = np.random.default_rng(1)
+  target = jnp.asarray((rng.random((2, 8, 8, 1)) > 0.5).astype(np.float32))
+  logits = jnp.asarray(rng.normal(size=(2, 8, 8, 1)).astype(np.float32))
+  value, grad = jax.value_and_grad(losses.lovasz_hinge_loss)(logits, target)
+  assert np.all(np.isfinite(np.asarray(grad)))
+  assert float(losses.lovasz_hinge_loss(logits - 0.1 * grad, target)) < float(value)

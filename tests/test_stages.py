@@ -81,3 +81,39 @@ def test_matting_eval_variables_follow_eval_ema():
   assert stage.eval_variables(state)['params'] is marker
   stage.config = ml_collections.ConfigDict(dict(config.to_dict(), eval_ema=False))
   assert stage.eval_variables(state)['params'] is state.params
+
+
+def test_preseg_ema_is_kept_and_evaluated_only_when_asked():
+  """`ema_decay` > 0 adds the averages to a pre-segmentation state (old runs,
+  without it, keep their checkpoint layout); `eval_ema` evaluates them."""
+  config = preseg_configs.get_config('tiny')
+  assert not config.ema_decay and not config.eval_ema
+  plain = jax.eval_shape(stages.get(config).init, jax.random.key(0)).to_dict()
+  assert 'ema_params' not in plain
+  config.ema_decay, config.eval_ema = 0.9, True
+  stage = stages.get(config)
+  state = jax.eval_shape(stage.init, jax.random.key(0))
+  assert {'ema_params', 'ema_batch_stats'} <= set(state.to_dict())
+  assert stage.eval_variables(state)['params'] is state.ema_params
+  assert stage.eval_variables(state)['batch_stats'] is state.ema_batch_stats
+
+
+@pytest.mark.slow  # Compiles a tiny DeepLabV3+ step.
+def test_preseg_step_updates_the_ema_as_ema_update_does():
+  config = preseg_configs.get_config('tiny')
+  config.ema_decay, config.eval_ema = 0.9, True
+  config.loss.lovasz = 1.0
+  stage = stages.get(config)
+  size = config.image_size
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.random((2, size, size, 3), np.float32),
+           'alpha': (rng.random((2, size, size, 1)) > 0.5).astype(np.float32)}
+  state = jax.jit(stage.init)(jax.random.key(0))
+  new_state, metrics = jax.jit(stage.step)(state, batch, jax.random.key(1), None)
+  assert np.isfinite(float(metrics['loss']))
+  # Step 1 of the bias-corrected average weighs the new value fully.
+  expected = stages.ema_update(state.ema_params, new_state.params, 1, 0.9)
+  for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(new_state.ema_params)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(new_state.ema_params)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
